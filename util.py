@@ -1,0 +1,471 @@
+"""Data I/O, preprocessing, metrics, synthesis, classifier training and run bookkeeping.
+
+Everything here follows ../shared/SPEC.md (the authors' reference run); where the
+reference has a quirk that changes numbers, the quirk is kept and named in a comment.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.io as sio
+import torch
+from sklearn.metrics.pairwise import cosine_similarity
+from sklearn.preprocessing import MinMaxScaler
+
+
+class DataError(ValueError):
+    """Bad benchmark input. The message is one line naming the file and key at fault."""
+
+
+# ----------------------------------------------------------------------------- data I/O
+
+@dataclass
+class GZSLData:
+    """One benchmark, preprocessed and with remapped labels (seen 0..S-1, unseen 0..U-1)."""
+    name: str
+    layout: str                    # 'xlsa17' or 'epgn'
+    train_feature: np.ndarray      # (N_train, D) float32, seen classes only
+    train_label: np.ndarray        # (N_train,) int64 in 0..S-1
+    test_seen_feature: np.ndarray
+    test_seen_label: np.ndarray    # 0..S-1
+    test_unseen_feature: np.ndarray
+    test_unseen_label: np.ndarray  # 0..U-1
+    seen_semantics: np.ndarray     # (S, d_a) float32, row i = remapped seen class i
+    unseen_semantics: np.ndarray   # (U, d_a) float32
+    source: str = ""               # the files it came from, for the log
+
+    @property
+    def n_seen(self) -> int:
+        return self.seen_semantics.shape[0]
+
+    @property
+    def n_unseen(self) -> int:
+        return self.unseen_semantics.shape[0]
+
+    @property
+    def feature_dim(self) -> int:
+        return self.train_feature.shape[1]
+
+    @property
+    def all_semantics(self) -> np.ndarray:
+        """Seen then unseen rows: the order the reference uses for APY's anchors."""
+        return np.concatenate([self.seen_semantics, self.unseen_semantics])
+
+    def describe(self) -> str:
+        return (f"{self.name} ({self.layout}): {self.n_seen} seen + {self.n_unseen} unseen classes, "
+                f"semantic dim {self.seen_semantics.shape[1]}, feature dim {self.feature_dim}; "
+                f"train {len(self.train_label)} / test seen {len(self.test_seen_label)} / "
+                f"test unseen {len(self.test_unseen_label)} images")
+
+
+def load_mat(path: Path) -> dict:
+    """scipy.io.loadmat with one-line errors for a missing or unreadable file."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        return sio.loadmat(str(path))
+    except NotImplementedError:
+        raise DataError(f"{path}: MATLAB v7.3 (HDF5) files are not supported; "
+                        f"re-save it with save(..., '-v7')") from None
+    except Exception as exc:  # scipy raises several types for non-MAT input
+        raise DataError(f"{path}: not a readable MAT file ({type(exc).__name__}: {exc})") from None
+
+
+def mat_array(mat: dict, key: str, path: Path, ndim: int | None = None) -> np.ndarray:
+    if key not in mat:
+        keys = ", ".join(k for k in mat if not k.startswith("__"))
+        raise DataError(f"{path}: missing key '{key}' (found: {keys})")
+    arr = mat[key]
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+        raise DataError(f"{path}: key '{key}' is not a numeric array")
+    if ndim is not None and arr.ndim != ndim:
+        raise DataError(f"{path}: key '{key}' has shape {arr.shape}, expected a {ndim}-D array")
+    return arr
+
+
+def check_finite(arr: np.ndarray, path: Path, key: str) -> None:
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise DataError(f"{path}: key '{key}' holds NaN or Inf (first at index {tuple(int(i) for i in bad)})")
+
+
+def one_based_index(mat: dict, key: str, path: Path, upper: int, upper_what: str) -> np.ndarray:
+    """A MATLAB 1-based index vector (locs or labels), returned 0-based."""
+    arr = mat_array(mat, key, path)
+    if arr.size == 0:
+        raise DataError(f"{path}: key '{key}' is empty")
+    if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
+        raise DataError(f"{path}: key '{key}' holds non-integer values")
+    idx = arr.astype(np.int64).reshape(-1)
+    if idx.min() < 1:
+        raise DataError(f"{path}: key '{key}' holds {idx.min()}: indices must be 1-based (MATLAB style)")
+    if idx.max() > upper:
+        raise DataError(f"{path}: key '{key}' reaches {idx.max()} but {upper_what} is {upper}")
+    return idx - 1
+
+
+def remap(labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Class ids -> positions in the sorted `classes` (the reference's map_label)."""
+    return np.searchsorted(classes, labels).astype(np.int64)
+
+
+def detect_layout(folder: Path, layout: str) -> str:
+    if layout != "auto":
+        return layout
+    return "epgn" if (folder / "data.mat").is_file() else "xlsa17"
+
+
+def load_dataset(dataroot: str, dataset: str, layout: str = "auto",
+                 image_embedding: str = "res101", class_embedding: str = "att") -> GZSLData:
+    """Load `dataroot/dataset` in either layout (see data/README.md)."""
+    folder = Path(dataroot) / dataset
+    if not folder.is_dir():
+        raise DataError(f"{folder}: dataset folder not found (see data/README.md, or run with --synthetic)")
+    layout = detect_layout(folder, layout)
+    if layout == "epgn":
+        return load_epgn(folder, dataset)
+    return load_xlsa17(folder, dataset, image_embedding, class_embedding)
+
+
+def load_xlsa17(folder: Path, name: str, image_embedding: str = "res101",
+                class_embedding: str = "att") -> GZSLData:
+    """`res101.mat` + `<class_embedding>_splits.mat` of Xian et al.'s proposed splits."""
+    feat_path = folder / f"{image_embedding}.mat"
+    split_path = folder / f"{class_embedding}_splits.mat"
+    fmat = load_mat(feat_path)
+    features = mat_array(fmat, "features", feat_path, ndim=2)
+    n_labels = mat_array(fmat, "labels", feat_path).size
+    if features.shape[1] != n_labels:
+        hint = " (it looks transposed: xlsa17 stores one column per image)" if features.shape[0] == n_labels else ""
+        raise DataError(f"{feat_path}: 'features' has {features.shape[1]} columns (images) "
+                        f"but 'labels' has {n_labels} entries{hint}")
+    smat = load_mat(split_path)
+    att = mat_array(smat, "att", split_path, ndim=2)
+    check_finite(att, split_path, "att")
+    n_images, n_classes = features.shape[1], att.shape[1]
+    labels = one_based_index(fmat, "labels", feat_path, n_classes,
+                             f"'att' in {split_path.name} has columns (classes)")
+    locs = {key: one_based_index(smat, key, split_path, n_images, f"the number of images in {feat_path.name}")
+            for key in ("trainval_loc", "test_seen_loc", "test_unseen_loc")}
+    check_finite(features, feat_path, "features")
+
+    seen = np.unique(labels[locs["trainval_loc"]])
+    unseen = np.unique(labels[locs["test_unseen_loc"]])
+    both = np.intersect1d(seen, unseen)
+    if both.size:
+        raise DataError(f"{split_path}: class ids {(both + 1).tolist()} are both seen (trainval_loc) "
+                        f"and unseen (test_unseen_loc)")
+    stray = np.setdiff1d(np.unique(labels[locs["test_seen_loc"]]), seen)
+    if stray.size:
+        raise DataError(f"{split_path}: test_seen_loc holds images of class ids {(stray + 1).tolist()} "
+                        f"that have no trainval_loc image")
+
+    # Reference preprocessing: MinMaxScaler fitted on trainval, then divided by the max of
+    # the scaled trainval features (1.0 unless a dimension is constant: a no-op kept as is).
+    x = features.T
+    scaler = MinMaxScaler()
+    train = torch.from_numpy(scaler.fit_transform(x[locs["trainval_loc"]])).float()
+    test_seen = torch.from_numpy(scaler.transform(x[locs["test_seen_loc"]])).float()
+    test_unseen = torch.from_numpy(scaler.transform(x[locs["test_unseen_loc"]])).float()
+    mx = train.max()
+    if not mx > 0:
+        raise DataError(f"{feat_path}: 'features' are constant over trainval_loc")
+    for t in (train, test_seen, test_unseen):
+        t.mul_(1 / mx)
+
+    att_rows = torch.from_numpy(att.T).float().numpy()  # the reference casts before indexing
+    return GZSLData(
+        name=name, layout="xlsa17",
+        train_feature=train.numpy(), train_label=remap(labels[locs["trainval_loc"]], seen),
+        test_seen_feature=test_seen.numpy(), test_seen_label=remap(labels[locs["test_seen_loc"]], seen),
+        test_unseen_feature=test_unseen.numpy(), test_unseen_label=remap(labels[locs["test_unseen_loc"]], unseen),
+        seen_semantics=np.ascontiguousarray(att_rows[seen]),
+        unseen_semantics=np.ascontiguousarray(att_rows[unseen]),
+        source=f"{feat_path} + {split_path}")
+
+
+def load_epgn(folder: Path, name: str) -> GZSLData:
+    """`data.mat` + `label.mat` as released with E-PGN (the authors' CUB and FLO runs)."""
+    data_path, label_path = folder / "data.mat", folder / "label.mat"
+    dmat = load_mat(data_path)
+    feats = {k: mat_array(dmat, k, data_path, ndim=2) for k in ("train_fea", "test_seen_fea", "test_unseen_fea")}
+    seen_pro = mat_array(dmat, "seen_pro", data_path, ndim=2)
+    unseen_pro = mat_array(dmat, "unseen_pro", data_path, ndim=2)
+    for key, arr in (("seen_pro", seen_pro), ("unseen_pro", unseen_pro), *feats.items()):
+        check_finite(arr, data_path, key)
+    widths = {k: v.shape[1] for k, v in feats.items()}
+    if len(set(widths.values())) != 1:
+        raise DataError(f"{data_path}: feature widths differ: {widths}")
+    if seen_pro.shape[1] != unseen_pro.shape[1]:
+        raise DataError(f"{data_path}: 'seen_pro' has {seen_pro.shape[1]} columns but 'unseen_pro' has "
+                        f"{unseen_pro.shape[1]}")
+
+    lmat = load_mat(label_path)
+    label_keys = {"train_fea": "train_idx", "test_seen_fea": "test_seen_idex", "test_unseen_fea": "test_unseen_idex"}
+    labels = {}
+    for fkey, lkey in label_keys.items():
+        n = mat_array(lmat, lkey, label_path).size
+        if n != feats[fkey].shape[0]:
+            raise DataError(f"{label_path}: '{lkey}' has {n} labels but '{fkey}' in {data_path.name} "
+                            f"has {feats[fkey].shape[0]} rows")
+        labels[lkey] = one_based_index(lmat, lkey, label_path, 10**9, "the limit")
+    n_seen, n_unseen = seen_pro.shape[0], unseen_pro.shape[0]
+    # Reference: train labels index seen_pro directly; test labels are remapped by their sorted ids.
+    if labels["train_idx"].max() >= n_seen:
+        raise DataError(f"{label_path}: 'train_idx' reaches class {labels['train_idx'].max() + 1} but "
+                        f"'seen_pro' in {data_path.name} has only {n_seen} rows (classes)")
+    for lkey, pro_key, n_pro in (("test_seen_idex", "seen_pro", n_seen), ("test_unseen_idex", "unseen_pro", n_unseen)):
+        n_cls = np.unique(labels[lkey]).size
+        if n_cls != n_pro:
+            raise DataError(f"{label_path}: '{lkey}' holds {n_cls} classes but '{pro_key}' in "
+                            f"{data_path.name} has {n_pro} rows (classes)")
+    shared = [i + 1 for i, row in enumerate(seen_pro) if (np.abs(unseen_pro - row).max(axis=1) == 0).any()]
+    if shared:
+        raise DataError(f"{data_path}: seen classes {shared} (rows of 'seen_pro') also appear in 'unseen_pro': "
+                        f"a class cannot be both seen and unseen")
+    if np.unique(labels["train_idx"]).size != n_seen:
+        raise DataError(f"{label_path}: 'train_idx' holds {np.unique(labels['train_idx']).size} classes but "
+                        f"'seen_pro' has {n_seen} rows: every seen class needs training images")
+
+    # Quirk of the reference: the scaler is fitted but its output is unused, so features
+    # enter raw, divided by the max of the scaled train features (1.0).
+    mx = MinMaxScaler().fit_transform(feats["train_fea"]).max()
+    if not mx > 0:
+        raise DataError(f"{data_path}: 'train_fea' is constant")
+    scaled = {k: torch.from_numpy(np.asarray(v * (1 / mx))).float().numpy() for k, v in feats.items()}
+    ts, tu = labels["test_seen_idex"], labels["test_unseen_idex"]
+    return GZSLData(
+        name=name, layout="epgn",
+        train_feature=scaled["train_fea"], train_label=labels["train_idx"],
+        test_seen_feature=scaled["test_seen_fea"], test_seen_label=remap(ts, np.unique(ts)),
+        test_unseen_feature=scaled["test_unseen_fea"], test_unseen_label=remap(tu, np.unique(tu)),
+        seen_semantics=seen_pro.astype(np.float32), unseen_semantics=unseen_pro.astype(np.float32),
+        source=f"{data_path} + {label_path}")
+
+
+def class_centroids(features: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Mean feature of each class (float32 rows, as the reference computes them)."""
+    return np.stack([features[labels == c].mean(axis=0) for c in range(n_classes)]).astype(np.float32)
+
+
+# ------------------------------------------------------------------- relative positioning
+
+def relative_positioning_anchors(semantics: np.ndarray) -> list[int]:
+    """Rows with the smallest, the largest and the median cosine-similarity row sum.
+
+    The median is element floor(n/2) of the sorted row sums; if several rows tie on that
+    value the first is taken (the reference would fail on a tie).
+    """
+    row_sums = cosine_similarity(semantics, semantics).sum(-1)
+    median_value = np.sort(row_sums)[len(row_sums) // 2]
+    median = int(np.flatnonzero(row_sums == median_value)[0])
+    return [int(np.argmin(row_sums)), int(np.argmax(row_sums)), median]
+
+
+# ----------------------------------------------------------------------------- batching
+
+class EpochPermutationSampler:
+    """The reference's batch order, as index arrays.
+
+    A numpy permutation of the training set is consumed `batch_size` rows at a time; a
+    new one is drawn as soon as at most `batch_size` rows of the current one remain
+    (that tail is skipped). Uses the global numpy RNG like the reference.
+    """
+
+    def __init__(self, n: int, batch_size: int):
+        if batch_size >= n:
+            raise DataError(f"batchsize {batch_size} must be smaller than the {n} training images")
+        self.n, self.batch_size = n, batch_size
+        self._shuffle()
+
+    def _shuffle(self) -> None:
+        self.perm = np.random.permutation(np.arange(self.n))
+        self.cursor = 0
+
+    def next(self) -> np.ndarray:
+        if self.cursor + self.batch_size >= self.n:
+            self._shuffle()
+        idx = self.perm[self.cursor:self.cursor + self.batch_size]
+        self.cursor += self.batch_size
+        return idx
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def per_class_accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over the classes present in `labels` of each class's top-1 accuracy."""
+    predicted, labels = np.asarray(predicted), np.asarray(labels)
+    return float(np.mean([(predicted[labels == c] == c).mean() for c in np.unique(labels)]))
+
+
+def harmonic_mean(u: float, s: float) -> float:
+    return 2 * u * s / (u + s) if u + s > 0 else 0.0
+
+
+# ----------------------------------------------------------------------------- synthesis
+
+@torch.no_grad()
+def synthesize_unseen(flow, rp, semantics: torch.Tensor, n_per_class: int, out: torch.Tensor) -> torch.Tensor:
+    """Fill `out` (U * n_per_class rows) with features of each unseen class in turn.
+
+    Class by class as the reference does: z ~ N(0, I) drawn on the CPU generator, then
+    the flow in reverse conditioned on the relative-positioning vector of the class.
+    Rows [i*n, (i+1)*n) belong to unseen class i.
+    """
+    device, dim = out.device, out.shape[1]
+    for i in range(semantics.shape[0]):
+        cond = rp(semantics[i:i + 1].repeat(n_per_class, 1))
+        z = torch.randn(n_per_class, dim).to(device)
+        out[i * n_per_class:(i + 1) * n_per_class] = flow.reverse(z, cond)
+    return out
+
+
+# ----------------------------------------------------------------------------- classifier
+
+class ReferenceBatches:
+    """The reference classifier's batching, as index tensors (rows are never copied).
+
+    Shuffled with torch.randperm on the first call; when a batch runs past the end, the
+    remaining rows are joined with the head of a fresh permutation of the current order.
+    """
+
+    def __init__(self, n: int, batch_size: int, device):
+        self.n, self.batch_size, self.device = n, batch_size, device
+        self.order = torch.arange(n)
+        self.start, self.epochs_completed = 0, 0
+        self._dev_order = None
+
+    def _reshuffle(self) -> None:
+        self.order = self.order[torch.randperm(self.n)]
+        self._dev_order = self.order.to(self.device)
+
+    def next(self) -> torch.Tensor:
+        bs, start = self.batch_size, self.start
+        if self.epochs_completed == 0 and start == 0:
+            self._reshuffle()
+        if start + bs > self.n:
+            self.epochs_completed += 1
+            rest = self._dev_order[start:self.n]
+            self._reshuffle()
+            self.start = bs - rest.numel()
+            return torch.cat((rest, self._dev_order[:self.start]))
+        self.start += bs
+        return self._dev_order[start:start + bs]
+
+
+@torch.no_grad()
+def predict(model, features: torch.Tensor, batch_size: int) -> np.ndarray:
+    preds = [torch.max(model(features[i:i + batch_size]), 1)[1] for i in range(0, features.shape[0], batch_size)]
+    return torch.cat(preds).cpu().numpy()
+
+
+def train_softmax(features: torch.Tensor, labels: torch.Tensor, n_classes: int, tests: dict,
+                  lr: float, epochs: int, batch_size: int) -> list[dict]:
+    """Train the softmax classifier the reference's way; per-class accuracy after each epoch.
+
+    `tests` maps a name to (features, labels) on the same device. Returns one dict per
+    epoch with each test set's accuracy (fraction, 0..1).
+    """
+    from models import SoftmaxClassifier
+    device = features.device
+    model = SoftmaxClassifier(features.shape[1], n_classes).to(device)  # built on CPU: same RNG draws as the reference
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.5, 0.999))
+    batches = ReferenceBatches(features.shape[0], batch_size, device)
+    test_labels = {k: y.cpu().numpy() for k, (_, y) in tests.items()}
+    history = []
+    for _ in range(epochs):
+        model.train()
+        for _ in range(math.ceil(features.shape[0] / batch_size)):
+            idx = batches.next()
+            optimizer.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.nll_loss(model(features[idx]), labels[idx])
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        history.append({k: per_class_accuracy(predict(model, x, batch_size), test_labels[k])
+                        for k, (x, _) in tests.items()})
+    return history
+
+
+def best_gzsl_epoch(history: list[dict]) -> dict:
+    """The reference's pick: the first epoch with the highest H; zeros if H is never > 0."""
+    best = {"U": 0.0, "S": 0.0, "H": 0.0}
+    for h in history:
+        H = harmonic_mean(h["unseen"], h["seen"])
+        if H > best["H"]:
+            best = {"U": h["unseen"], "S": h["seen"], "H": H}
+    return best
+
+
+# ----------------------------------------------------------------------------- runs
+
+def set_seeds(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DataError(f"option --device={name}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def make_run_dir(out_dir: str, dataset: str) -> Path:
+    """A fresh directory out_dir/dataset/<UTC timestamp>[-k]; never reuses an existing one."""
+    parent = Path(out_dir) / dataset
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    for k in range(1000):
+        path = parent / (stamp if k == 0 else f"{stamp}-{k}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a new run directory under {parent}")
+
+
+class RunLog:
+    """Prints and appends to run_dir/log.txt; one JSON line per evaluation in metrics.jsonl."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.log_path = run_dir / "log.txt"
+        self.metrics_path = run_dir / "metrics.jsonl"
+
+    def print(self, text: str = "") -> None:
+        print(text, flush=True)
+        with open(self.log_path, "a") as f:
+            f.write(text + "\n")
+
+    def metrics(self, row: dict) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to a temp file in the same folder, then rename over `path`."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
