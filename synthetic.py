@@ -90,7 +90,7 @@ def write_epgn(folder: Path, train_fea, test_seen_fea, test_unseen_fea, seen_pro
 
 
 def generate(folder: Path, dataset: str, seed: int = 0, per_seen: tuple[int, int] = (24, 6),
-             per_unseen: int = 20, feature_dim: int = 2048, noise: float = 1.0, layout: str = "xlsa17") -> Path:
+             per_unseen: int = 20, feature_dim: int = 2048, noise: float = 12.0, layout: str = "xlsa17") -> Path:
     """Write a benchmark-shaped synthetic `dataset` into `folder` (the dataset folder itself)."""
     spec = BENCHMARKS[dataset]
     rng = np.random.default_rng(seed)

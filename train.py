@@ -177,7 +177,7 @@ def run(cfg: Config) -> dict:
                       f"lr {optimizer.param_groups[0]['lr']:.2e}  ({time.time() - t0:.0f}s)")
         if it % cfg.evl_interval == 0 and it > cfg.eval_start:
             t_eval = time.time()
-            row = {"iteration": it, **evaluate(flow, rp)}
+            row = {"iteration": it, **evaluate(flow, rp), "nll": nll.item(), "prototype_loss": proto.item()}
             row["eval_seconds"] = round(time.time() - t_eval, 2)
             rows.append(row)
             log.metrics(row)
