@@ -129,6 +129,12 @@ def load_dataset(dataroot: str, dataset: str, layout: str = "auto",
     folder = Path(dataroot) / dataset
     if not folder.is_dir():
         raise DataError(f"{folder}: dataset folder not found (see data/README.md, or run with --synthetic)")
+    if dataset == "CUB" and class_embedding == "att":
+        # E-PGN's CUB data.mat holds the 1024-d sentences; the 312-d attributes are xlsa17 only
+        if layout == "epgn":
+            raise DataError(f"{folder / 'data.mat'}: the E-PGN layout holds CUB's 1024-d sentence vectors; "
+                            f"--class_embedding=att (312-d attributes) needs res101.mat + att_splits.mat")
+        layout = "xlsa17"
     layout = detect_layout(folder, layout)
     if layout == "epgn":
         return load_epgn(folder, dataset)

@@ -58,3 +58,12 @@ def test_real_split_files(tmp_path, name, stem, sizes, classes, dim):
     assert (d.n_seen, d.n_unseen) == classes and d.seen_semantics.shape[1] == dim
     if name != "CUB":  # attribute columns are L2-normalised per class; CUB's sentence vectors are not
         np.testing.assert_allclose(np.linalg.norm(d.all_semantics, axis=1), 1.0, atol=1e-5)
+
+
+def test_cub_attributes_are_read_from_xlsa17_even_next_to_epgn_files(tmp_path):
+    synthetic.generate(tmp_path / "CUB", "CUB", seed=0, per_seen=(2, 1), per_unseen=1, feature_dim=8, layout="epgn")
+    assert util.load_dataset(str(tmp_path), "CUB", class_embedding="sent").layout == "epgn"
+    with pytest.raises(util.DataError, match=r"CUB/res101.mat: file not found"):
+        util.load_dataset(str(tmp_path), "CUB", class_embedding="att")
+    with pytest.raises(util.DataError, match=r"--class_embedding=att \(312-d attributes\) needs res101.mat"):
+        util.load_dataset(str(tmp_path), "CUB", layout="epgn", class_embedding="att")
