@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import util
@@ -114,6 +113,76 @@ def prepare_data(cfg: Config) -> util.GZSLData:
     return util.load_dataset(cfg.dataroot, cfg.dataset, cfg.layout, cfg.image_embedding, cfg.class_embedding)
 
 
+class Trainer:
+    """Flow-training state: models, optimizer, scheduler, batch sampler and the iteration.
+
+    `state_dict()` holds everything needed to continue a run bit for bit (RNG states
+    included); `step(it)` is one training iteration of the reference.
+    """
+
+    def __init__(self, cfg: Config, data: util.GZSLData, device: torch.device):
+        self.cfg, self.device = cfg, device
+        n_train = len(data.train_label)
+        # Reference order of random draws: the batch permutation (numpy), then model init (torch).
+        self.sampler = util.EpochPermutationSampler(n_train, cfg.batchsize)
+        self.flow, self.rp = build_models(cfg, data, device)
+        self.params = list(self.flow.parameters()) + list(self.rp.parameters())
+        self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+        self.train_x = torch.from_numpy(data.train_feature).to(device)
+        self.train_y = torch.from_numpy(data.train_label).to(device)
+        self.seen_sem = torch.from_numpy(data.seen_semantics).to(device)
+        self.centroids = torch.from_numpy(
+            util.class_centroids(data.train_feature, data.train_label, data.n_seen)).to(device)
+        self.proto_z = torch.zeros(data.n_seen, data.feature_dim, device=device)
+        self.total = (n_train // cfg.batchsize) * cfg.gen_nepoch
+        self.iters_per_epoch = math.ceil(n_train / cfg.batchsize)  # what StepLR counts (not the sampler's epochs)
+        self.next_iteration = 0
+
+    def step(self, it: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One iteration: NLL + prototype loss, one Adam step; returns both losses (tensors)."""
+        cfg, flow, dim = self.cfg, self.flow, self.train_x.shape[1]
+        idx = torch.from_numpy(self.sampler.next()).to(self.device)
+        x, cond = self.train_x[idx], self.rp(self.seen_sem[self.train_y[idx]])
+        # Visual perturbation: N(0, pi^2) noise under one mask shared by the whole batch.
+        noise = cfg.pi * torch.randn(cfg.batchsize, dim).to(self.device)
+        mask = torch.empty(dim, device=self.device).uniform_() > cfg.dropout
+        z, log_det = flow(x + mask * noise, cond)
+        nll = torch.mean(z ** 2) / 2 - torch.mean(log_det) / dim
+        self.optimizer.zero_grad(set_to_none=True)
+        nll.backward()
+        proto = torch.zeros((), device=self.device)
+        if cfg.prototype > 0:
+            with torch.no_grad():  # quirk: relative positioning gets no gradient from this term
+                proto_cond = self.rp(self.seen_sem)
+            proto = cfg.prototype * torch.nn.functional.mse_loss(flow.reverse(self.proto_z, proto_cond), self.centroids)
+            proto.backward()  # a second backward adds into .grad, in the reference's order
+        self.optimizer.step()
+        if it % self.iters_per_epoch == 0:
+            self.scheduler.step()
+        self.next_iteration = it + 1
+        return nll.detach(), proto.detach()
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def state_dict(self) -> dict:
+        return {"next_iteration": self.next_iteration, "flow": self.flow.state_dict(),
+                "relative_positioning": self.rp.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
+                "rng": util.rng_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.flow.load_state_dict(state["flow"])
+        self.rp.load_state_dict(state["relative_positioning"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        util.set_rng_state(state["rng"])
+        self.next_iteration = state["next_iteration"]
+
+
 def run(cfg: Config) -> dict:
     """Train and evaluate once; returns the summary (also written to run_dir/summary.json)."""
     device = util.resolve_device(cfg.device)
@@ -130,51 +199,20 @@ def run(cfg: Config) -> dict:
     log.print(f"data: {data.source}")
     log.print(data.describe())
 
-    # Reference order of random draws: the batch permutation (numpy), then model init (torch).
-    n_train = len(data.train_label)
-    sampler = util.EpochPermutationSampler(n_train, cfg.batchsize)
-    flow, rp = build_models(cfg, data, device)
-    params = list(flow.parameters()) + list(rp.parameters())
+    trainer = Trainer(cfg, data, device)
     log.print(f"flow: {cfg.num_coupling_layers} GLOW coupling blocks, "
-              f"{sum(p.numel() for p in params):,} parameters (flow + relative positioning)")
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
-
-    train_x = torch.from_numpy(data.train_feature).to(device)
-    train_y = torch.from_numpy(data.train_label).to(device)
-    seen_sem = torch.from_numpy(data.seen_semantics).to(device)
-    centroids = torch.from_numpy(util.class_centroids(data.train_feature, data.train_label, data.n_seen)).to(device)
-    proto_z = torch.zeros(data.n_seen, data.feature_dim, device=device)
+              f"{sum(p.numel() for p in trainer.params):,} parameters (flow + relative positioning)")
     evaluate = Evaluator(cfg, data, device)
-
-    total = (n_train // cfg.batchsize) * cfg.gen_nepoch
-    iters_per_epoch = math.ceil(n_train / cfg.batchsize)  # StepLR counts these (not the sampler's epochs)
-    dim = data.feature_dim
+    total = trainer.total
     log.print(f"training: {total} iterations (+1, as the reference counts 0..{total}); evaluations at "
               f"multiples of {cfg.evl_interval} above {cfg.eval_start}; {cfg.nSample} samples per unseen class")
     rows, best_h, t0 = [], -1.0, time.time()
+    flow, rp = trainer.flow, trainer.rp
     for it in range(total + 1):
-        idx = torch.from_numpy(sampler.next()).to(device)
-        x, cond = train_x[idx], rp(seen_sem[train_y[idx]])
-        # Visual perturbation: N(0, pi^2) noise under one mask shared by the whole batch.
-        noise = cfg.pi * torch.randn(cfg.batchsize, dim).to(device)
-        mask = torch.empty(dim, device=device).uniform_() > cfg.dropout
-        z, log_det = flow(x + mask * noise, cond)
-        nll = torch.mean(z ** 2) / 2 - torch.mean(log_det) / dim
-        optimizer.zero_grad(set_to_none=True)
-        nll.backward()
-        proto = torch.zeros(())
-        if cfg.prototype > 0:
-            with torch.no_grad():  # quirk: relative positioning gets no gradient from this term
-                proto_cond = rp(seen_sem)
-            proto = cfg.prototype * torch.nn.functional.mse_loss(flow.reverse(proto_z, proto_cond), centroids)
-            proto.backward()
-        optimizer.step()
-        if it % iters_per_epoch == 0:
-            scheduler.step()
+        nll, proto = trainer.step(it)
         if it and it % cfg.disp_interval == 0:
             log.print(f"iter {it}/{total}  nll {nll.item():.3f}  prototype {proto.item():.4f}  "
-                      f"lr {optimizer.param_groups[0]['lr']:.2e}  ({time.time() - t0:.0f}s)")
+                      f"lr {trainer.lr:.2e}  ({time.time() - t0:.0f}s)")
         if it % cfg.evl_interval == 0 and it > cfg.eval_start:
             t_eval = time.time()
             row = {"iteration": it, **evaluate(flow, rp), "nll": nll.item(), "prototype_loss": proto.item()}

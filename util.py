@@ -303,6 +303,12 @@ class EpochPermutationSampler:
         self.cursor += self.batch_size
         return idx
 
+    def state_dict(self) -> dict:
+        return {"perm": torch.from_numpy(self.perm.astype(np.int64)), "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.perm, self.cursor = state["perm"].numpy().astype(np.int64), int(state["cursor"])
+
 
 # ----------------------------------------------------------------------------- metrics
 
@@ -418,6 +424,25 @@ def set_seeds(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.cuda.manual_seed_all(seed)
+
+
+def rng_state() -> dict:
+    """Python, numpy, torch CPU and CUDA generator states, as checkpointable values."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": random.getstate(),
+            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached": float(cached)},
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def resolve_device(name: str) -> torch.device:
