@@ -51,10 +51,20 @@ class Config:
     classifier_batch: int = 1200
     eval_zsl: bool = True             # also train the unseen-only (ZSL) softmax at each evaluation
 
+    # --- honest selection ---
+    validation: bool = False          # train/evaluate on a leak-free split of trainval (xlsa17 val classes as unseen)
+    val_seen_share: float = 0.2       # share of each other class's trainval images held out as seen-validation
+    select: str = "test"              # reported evaluation: test (paper rule) | val (chosen on --validation split) | last
+
     # --- run ---
     device: str = "auto"              # auto | cpu | cuda | cuda:N
     out_dir: str = "out"              # each run gets out_dir/<dataset>/<timestamp>/
     disp_interval: int = 200          # log the losses every this many iterations
+    quiet: bool = False               # no progress bars (they are off anyway when stderr is not a terminal)
+    seeds: str = ""                   # e.g. 6152,1,2: one run per seed, then a mean +- std table
+    resume: str = ""                  # RUN_DIR: continue that run from its last checkpoint
+    eval_only: str = ""               # CHECKPOINT: evaluate a saved flow, no training
+    save_synthetic: str = ""          # FILE.npz | FILE.mat: write the synthetic unseen features of the final evaluation
 
 
 # A short schedule for `--synthetic`: about two minutes on 2 CPU cores. Applied before
@@ -75,7 +85,10 @@ CHOICES = {
     "layout": ("auto", "xlsa17", "epgn"),
     "class_embedding": ("att", "sent"),
     "anchors": ("seen", "all"),
+    "select": ("test", "val", "last"),
 }
+# Options that only steer a run, not its numbers: the only ones --resume accepts.
+RUN_CONTROL = ("device", "quiet", "disp_interval", "resume", "save_synthetic")
 POSITIVE = ("gen_nepoch", "batchsize", "num_coupling_layers", "hidden_dim", "input_dim", "nSample",
             "evl_interval", "classifier_epochs", "classifier_batch", "lr_step", "disp_interval")
 NON_NEGATIVE = ("lr", "weight_decay", "classifier_lr", "prototype", "pi", "lr_gamma")
@@ -117,6 +130,17 @@ def validate(cfg: Config) -> Config:
     for name in NON_NEGATIVE:
         if getattr(cfg, name) < 0:
             raise ConfigError(f"option --{name}: must be >= 0, got {getattr(cfg, name)}")
+    if not 0.0 < cfg.val_seen_share < 1.0:
+        raise ConfigError(f"option --val_seen_share: must be in (0, 1), got {cfg.val_seen_share}")
+    if cfg.save_synthetic and not cfg.save_synthetic.endswith((".npz", ".mat")):
+        raise ConfigError(f"option --save_synthetic: the file name must end in .npz or .mat, got {cfg.save_synthetic!r}")
+    if cfg.seeds:
+        try:
+            [int(s) for s in cfg.seeds.split(",")]
+        except ValueError:
+            raise ConfigError(f"option --seeds: expected comma-separated integers, got {cfg.seeds!r}") from None
+    if sum(map(bool, (cfg.resume, cfg.eval_only, cfg.seeds))) > 1:
+        raise ConfigError("options --resume, --eval_only and --seeds cannot be combined")
     if not 0.0 <= cfg.dropout < 1.0:
         raise ConfigError(f"option --dropout: must be in [0, 1), got {cfg.dropout}")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
@@ -124,13 +148,11 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def parse_overrides(cfg: Config, argv: list[str]) -> Config:
-    """Return a copy of `cfg` with `--key=value` (or `--flag` for booleans) applied."""
+def parse_args(argv: list[str]) -> dict:
+    """`--key=value` strings -> {key: typed value}; unknown keys and bad values are errors."""
     types = field_types()
-    args = [a for a in argv]
-    # --synthetic switches to the short schedule before any explicit override is applied.
     updates: dict = {}
-    for arg in args:
+    for arg in argv:
         if not arg.startswith("--"):
             raise ConfigError(f"unexpected argument {arg!r}: options look like --key=value")
         key, has_value, text = arg[2:].partition("=")
@@ -141,7 +163,14 @@ def parse_overrides(cfg: Config, argv: list[str]) -> Config:
                 raise ConfigError(f"option --{key} needs a value: --{key}=VALUE")
             text = "true"
         updates[key] = _convert(key, text, types[key])
+    return updates
+
+
+def parse_overrides(cfg: Config, argv: list[str]) -> Config:
+    """Return a copy of `cfg` with `--key=value` (or `--flag` for booleans) applied."""
+    updates = parse_args(argv)
     base = dataclasses.asdict(cfg)
+    # --synthetic switches to the short schedule before any explicit override is applied.
     if updates.get("synthetic", cfg.synthetic):
         base.update(SYNTHETIC_SCHEDULE)
     base.update(updates)

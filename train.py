@@ -62,7 +62,8 @@ class Evaluator:
         last = gzsl[-1]
         row = {"U": best["U"], "S": best["S"], "H": best["H"],
                "U_last": last["unseen"], "S_last": last["seen"],
-               "H_last": util.harmonic_mean(last["unseen"], last["seen"])}
+               "H_last": util.harmonic_mean(last["unseen"], last["seen"]),
+               "gzsl_epochs": [[h["unseen"], h["seen"]] for h in gzsl]}
         if cfg.eval_zsl:
             # The reference runs no ZSL classifier here: fork the RNG so the GZSL numbers
             # and the rest of training draw exactly what they would without it.
@@ -73,8 +74,20 @@ class Evaluator:
                                          cfg.classifier_lr, cfg.classifier_epochs, cfg.classifier_batch)
             row["T1"] = max([0.0] + [h["unseen"] for h in zsl])
             row["T1_last"] = zsl[-1]["unseen"]
+            row["zsl_epochs"] = [h["unseen"] for h in zsl]
         flow.train(), rp.train()
-        return {k: 100 * v for k, v in row.items()}
+        return percent(row)
+
+    @property
+    def synthetic(self) -> torch.Tensor:
+        """The last evaluation's synthetic unseen features (class-major rows)."""
+        return self.features[self.n_train:]
+
+
+def percent(value):
+    """Fractions -> percentages, through lists (per-epoch histories)."""
+    return {k: percent(v) for k, v in value.items()} if isinstance(value, dict) else \
+        [percent(v) for v in value] if isinstance(value, list) else 100 * value
 
 
 def fmt_eval(m: dict) -> str:
@@ -183,50 +196,98 @@ class Trainer:
         self.next_iteration = state["next_iteration"]
 
 
-def run(cfg: Config) -> dict:
-    """Train and evaluate once; returns the summary (also written to run_dir/summary.json)."""
+def save_checkpoint(path: Path, cfg: Config, data: util.GZSLData, trainer: Trainer, rows: list[dict],
+                    full: bool) -> None:
+    """last.pt holds the whole training state; best.pt only the weights (for --eval_only)."""
+    it = trainer.next_iteration - 1
+    if not util.all_finite(trainer.params):
+        raise util.NonFiniteError(f"iteration {it}: parameters are not finite; not writing {path}")
+    payload = {"format": util.CHECKPOINT_FORMAT, "iteration": it, "config": dataclasses.asdict(cfg),
+               "data": data.signature(), "rows": rows}
+    if full:
+        payload["trainer"] = trainer.state_dict()
+    else:
+        payload.update(flow=trainer.flow.state_dict(), relative_positioning=trainer.rp.state_dict())
+    util.atomic_save(payload, path)
+
+
+def progress_bar(iterable, cfg: Config, **kw):
+    from tqdm import tqdm
+    return tqdm(iterable, disable=cfg.quiet or not sys.stderr.isatty(), dynamic_ncols=True, **kw)
+
+
+def run(cfg: Config, resume_dir: Path | None = None) -> dict:
+    """Train and evaluate once (or continue `resume_dir`); returns the summary (also in summary.json)."""
     device = util.resolve_device(cfg.device)
     data = prepare_data(cfg)  # bad input fails here, before a run directory exists
     if cfg.batchsize >= len(data.train_label):
         raise ConfigError(f"option --batchsize={cfg.batchsize}: must be smaller than the "
                           f"{len(data.train_label)} training images")
-    util.set_seeds(cfg.manualSeed)
-    run_dir = util.make_run_dir(cfg.out_dir, cfg.dataset)
+    if cfg.save_synthetic and Path(cfg.save_synthetic).exists():
+        raise ConfigError(f"option --save_synthetic: {cfg.save_synthetic} exists; not overwriting it")
+    state = util.load_checkpoint(resume_dir / "last.pt", data) if resume_dir else None
+    if state is None:
+        util.set_seeds(cfg.manualSeed)
+        run_dir = util.make_run_dir(cfg.out_dir, cfg.dataset)
+        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    else:
+        run_dir = resume_dir
     log = util.RunLog(run_dir)
-    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     log.print(f"run directory: {run_dir}")
     log.print(f"device: {device}; seed {cfg.manualSeed}")
     log.print(f"data: {data.source}")
     log.print(data.describe())
 
     trainer = Trainer(cfg, data, device)
+    evaluate = Evaluator(cfg, data, device)
+    rows: list[dict] = []
+    if state is not None:
+        trainer.load_state_dict(state["trainer"])
+        rows = state["rows"]
+        log.rewind(rows, state["iteration"])
+        log.print(f"resumed from {run_dir / 'last.pt'}: continuing at iteration {trainer.next_iteration}")
     log.print(f"flow: {cfg.num_coupling_layers} GLOW coupling blocks, "
               f"{sum(p.numel() for p in trainer.params):,} parameters (flow + relative positioning)")
-    evaluate = Evaluator(cfg, data, device)
     total = trainer.total
     log.print(f"training: {total} iterations (+1, as the reference counts 0..{total}); evaluations at "
               f"multiples of {cfg.evl_interval} above {cfg.eval_start}; {cfg.nSample} samples per unseen class")
-    rows, best_h, t0 = [], -1.0, time.time()
-    flow, rp = trainer.flow, trainer.rp
-    for it in range(total + 1):
-        nll, proto = trainer.step(it)
+    best_h = max([r["H"] for r in rows], default=-1.0)
+    last_saved, t0 = -1, time.time()
+    bar = progress_bar(range(trainer.next_iteration, total + 1), cfg, desc="flow", unit="it",
+                       initial=trainer.next_iteration, total=total + 1)
+    for it in bar:
+        nll, proto = (v.item() for v in trainer.step(it))
+        if not (math.isfinite(nll) and math.isfinite(proto)):
+            where = f"{run_dir / 'last.pt'} (iteration {last_saved})" if last_saved >= 0 else "none written"
+            raise util.NonFiniteError(f"iteration {it}: loss is not finite (nll {nll}, prototype {proto}); "
+                                      f"stopped. Last good checkpoint: {where}")
+        bar.set_postfix(nll=f"{nll:.3f}", proto=f"{proto:.4f}", refresh=False)
         if it and it % cfg.disp_interval == 0:
-            log.print(f"iter {it}/{total}  nll {nll.item():.3f}  prototype {proto.item():.4f}  "
-                      f"lr {trainer.lr:.2e}  ({time.time() - t0:.0f}s)")
+            log.losses({"iteration": it, "nll": nll, "prototype_loss": proto, "lr": trainer.lr})
+            log.print(f"iter {it}/{total}  nll {nll:.3f}  prototype {proto:.4f}  lr {trainer.lr:.2e}  "
+                      f"({time.time() - t0:.0f}s)", echo=bar.disable)
         if it % cfg.evl_interval == 0 and it > cfg.eval_start:
             t_eval = time.time()
-            row = {"iteration": it, **evaluate(flow, rp), "nll": nll.item(), "prototype_loss": proto.item()}
+            row = {"iteration": it, **evaluate(trainer.flow, trainer.rp), "nll": nll, "prototype_loss": proto}
             row["eval_seconds"] = round(time.time() - t_eval, 2)
             rows.append(row)
             log.metrics(row)
             log.print(f"eval @ {it}: {fmt_eval(row)}  [{row['eval_seconds']:.0f}s]")
             if row["H"] > best_h:
                 best_h = row["H"]
-                util.atomic_save({"iteration": it, "flow": flow.state_dict(), "relative_positioning": rp.state_dict(),
-                                  "metrics": row, "config": dataclasses.asdict(cfg)}, run_dir / "best.pt")
+                save_checkpoint(run_dir / "best.pt", cfg, data, trainer, rows, full=False)
+            save_checkpoint(run_dir / "last.pt", cfg, data, trainer, rows, full=True)
+            last_saved = it
+    bar.close()
+    if last_saved != total:
+        save_checkpoint(run_dir / "last.pt", cfg, data, trainer, rows, full=True)
+    if cfg.save_synthetic and rows:
+        util.save_synthetic(Path(cfg.save_synthetic), evaluate.synthetic, cfg.nSample, data)
+        log.print(f"synthetic features of the evaluation at iteration {rows[-1]['iteration']}: {cfg.save_synthetic}")
 
     summary = summarize(rows)
-    summary["wall_seconds"] = round(time.time() - t0, 1)
+    summary.update(wall_seconds=round(time.time() - t0, 1), total_iterations=total, run_dir=str(run_dir),
+                   split=data.split)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print_summary(log, summary, len(rows))
     return summary
@@ -235,15 +296,18 @@ def run(cfg: Config) -> dict:
 def print_summary(log: util.RunLog, s: dict, n_evals: int) -> None:
     log.print("")
     if not s.get("paper"):
-        log.print(f"no evaluation ran: no iteration is a multiple of evl_interval above eval_start")
+        log.print("no evaluation ran: no iteration is a multiple of evl_interval above eval_start")
         return
-    p, l = s["paper"], s["last"]
-    t1 = lambda d: f"ZSL T1 {d['T1']:6.2f}  " if "T1" in d else ""
-    log.print(f"=== summary over {n_evals} evaluations, {s['wall_seconds']:.0f}s ===")
-    log.print(f"[{PAPER_RULE}]")
-    log.print(f"  {t1(p)}GZSL U {p['U']:6.2f}  S {p['S']:6.2f}  H {p['H']:6.2f}   (H at iteration {p['iteration']})")
-    log.print(f"[{LAST_RULE}]")
-    log.print(f"  {t1(l)}GZSL U {l['U']:6.2f}  S {l['S']:6.2f}  H {l['H']:6.2f}   (iteration {l['iteration']})")
+    where = "VALIDATION split (leak-free, from trainval)" if s.get("split") == "validation" else "test split"
+    log.print(f"=== summary over {n_evals} evaluations on the {where}, {s['wall_seconds']:.0f}s ===")
+    for rule, text in (("paper", PAPER_RULE), ("last", LAST_RULE)):
+        log.print(f"[{text}]")
+        log.print("  " + fmt_row(s[rule]))
+
+
+def fmt_row(d: dict) -> str:
+    t1 = f"ZSL T1 {d['T1']:6.2f}  " if "T1" in d else ""
+    return f"{t1}GZSL U {d['U']:6.2f}  S {d['S']:6.2f}  H {d['H']:6.2f}   (iteration {d['iteration']})"
 
 
 def main(defaults: Config, argv: list[str] | None = None) -> dict:
@@ -253,3 +317,5 @@ def main(defaults: Config, argv: list[str] | None = None) -> dict:
         return run(cfg)
     except (ConfigError, util.DataError) as exc:
         util.fail(str(exc))
+    except util.NonFiniteError as exc:
+        util.fail(str(exc), code=3)

@@ -41,6 +41,16 @@ class GZSLData:
     seen_semantics: np.ndarray     # (S, d_a) float32, row i = remapped seen class i
     unseen_semantics: np.ndarray   # (U, d_a) float32
     source: str = ""               # the files it came from, for the log
+    seen_ids: np.ndarray | None = None    # the dataset's own 1-based class ids of seen class 0..S-1
+    unseen_ids: np.ndarray | None = None
+    rows: dict | None = None       # xlsa17: the 0-based image rows behind each split
+    split: str = "proposed"        # or "validation": the leak-free split of trainval
+
+    def signature(self) -> dict:
+        """What a checkpoint must agree with to be used on this data."""
+        return {"dataset": self.name, "n_seen": self.n_seen, "n_unseen": self.n_unseen,
+                "feature_dim": self.feature_dim, "semantic_dim": int(self.seen_semantics.shape[1]),
+                "n_train": len(self.train_label), "split": self.split}
 
     @property
     def n_seen(self) -> int:
@@ -60,7 +70,8 @@ class GZSLData:
         return np.concatenate([self.seen_semantics, self.unseen_semantics])
 
     def describe(self) -> str:
-        return (f"{self.name} ({self.layout}): {self.n_seen} seen + {self.n_unseen} unseen classes, "
+        split = ", LEAK-FREE VALIDATION SPLIT of trainval" if self.split == "validation" else ""
+        return (f"{self.name} ({self.layout}{split}): {self.n_seen} seen + {self.n_unseen} unseen classes, "
                 f"semantic dim {self.seen_semantics.shape[1]}, feature dim {self.feature_dim}; "
                 f"train {len(self.train_label)} / test seen {len(self.test_seen_label)} / "
                 f"test unseen {len(self.test_unseen_label)} images")
@@ -123,9 +134,13 @@ def detect_layout(folder: Path, layout: str) -> str:
     return "epgn" if (folder / "data.mat").is_file() else "xlsa17"
 
 
-def load_dataset(dataroot: str, dataset: str, layout: str = "auto",
-                 image_embedding: str = "res101", class_embedding: str = "att") -> GZSLData:
-    """Load `dataroot/dataset` in either layout (see data/README.md)."""
+def load_dataset(dataroot: str, dataset: str, layout: str = "auto", image_embedding: str = "res101",
+                 class_embedding: str = "att", validation: bool = False, val_seen_share: float = 0.2,
+                 seed: int = 0) -> GZSLData:
+    """Load `dataroot/dataset` in either layout (see data/README.md).
+
+    With `validation`, the returned splits come from trainval alone (see `validation_rows`).
+    """
     folder = Path(dataroot) / dataset
     if not folder.is_dir():
         raise DataError(f"{folder}: dataset folder not found (see data/README.md, or run with --synthetic)")
@@ -137,13 +152,45 @@ def load_dataset(dataroot: str, dataset: str, layout: str = "auto",
         layout = "xlsa17"
     layout = detect_layout(folder, layout)
     if layout == "epgn":
+        if validation:
+            raise DataError(f"{folder / 'data.mat'}: --validation needs the xlsa17 split files (their val_loc "
+                            f"names the validation classes); the E-PGN layout has none")
         return load_epgn(folder, dataset)
-    return load_xlsa17(folder, dataset, image_embedding, class_embedding)
+    return load_xlsa17(folder, dataset, image_embedding, class_embedding,
+                       (val_seen_share, seed) if validation else None)
 
 
-def load_xlsa17(folder: Path, name: str, image_embedding: str = "res101",
-                class_embedding: str = "att") -> GZSLData:
-    """`res101.mat` + `<class_embedding>_splits.mat` of Xian et al.'s proposed splits."""
+def validation_rows(labels: np.ndarray, trainval: np.ndarray, val_loc: np.ndarray, share: float,
+                    seed: int) -> dict[str, np.ndarray]:
+    """A leak-free GZSL split of trainval alone (0-based image rows).
+
+    Validation-unseen: the trainval images whose class is one of xlsa17's validation classes
+    (the classes of val_loc, read only through val_loc rows that are in trainval: val_loc
+    also holds test_seen images). Seen-validation: `share` of each other class's trainval
+    images, drawn with `seed`. Training: the rest. No test row is touched.
+    """
+    val_classes = np.unique(labels[np.intersect1d(val_loc, trainval)])
+    is_val = np.isin(labels[trainval], val_classes)
+    rng = np.random.default_rng(seed)
+    held, train = [], []
+    others = trainval[~is_val]
+    for c in np.unique(labels[others]):
+        rows = others[labels[others] == c]
+        k = min(max(int(round(share * rows.size)), 1), rows.size - 1)  # keep >= 1 training image
+        pick = np.zeros(rows.size, bool)
+        pick[rng.choice(rows.size, k, replace=False)] = True
+        held.append(rows[pick])
+        train.append(rows[~pick])
+    return {"trainval_loc": np.sort(np.concatenate(train)), "test_seen_loc": np.sort(np.concatenate(held)),
+            "test_unseen_loc": np.sort(trainval[is_val])}
+
+
+def load_xlsa17(folder: Path, name: str, image_embedding: str = "res101", class_embedding: str = "att",
+                validation: tuple[float, int] | None = None) -> GZSLData:
+    """`res101.mat` + `<class_embedding>_splits.mat` of Xian et al.'s proposed splits.
+
+    `validation=(share, seed)` replaces the three splits by `validation_rows` of trainval.
+    """
     feat_path = folder / f"{image_embedding}.mat"
     split_path = folder / f"{class_embedding}_splits.mat"
     fmat = load_mat(feat_path)
@@ -159,9 +206,12 @@ def load_xlsa17(folder: Path, name: str, image_embedding: str = "res101",
     n_images, n_classes = features.shape[1], att.shape[1]
     labels = one_based_index(fmat, "labels", feat_path, n_classes,
                              f"'att' in {split_path.name} has columns (classes)")
-    locs = {key: one_based_index(smat, key, split_path, n_images, f"the number of images in {feat_path.name}")
-            for key in ("trainval_loc", "test_seen_loc", "test_unseen_loc")}
-    check_finite(features, feat_path, "features")
+    loc = lambda key: one_based_index(smat, key, split_path, n_images, f"the number of images in {feat_path.name}")
+    locs = {key: loc(key) for key in ("trainval_loc", "test_seen_loc", "test_unseen_loc")}
+    if validation is not None:
+        locs = validation_rows(labels, locs["trainval_loc"], loc("val_loc"), *validation)
+    used = np.concatenate(list(locs.values()))
+    check_finite(features[:, used], feat_path, "features")
 
     seen = np.unique(labels[locs["trainval_loc"]])
     unseen = np.unique(labels[locs["test_unseen_loc"]])
@@ -188,6 +238,7 @@ def load_xlsa17(folder: Path, name: str, image_embedding: str = "res101",
         t.mul_(1 / mx)
 
     att_rows = torch.from_numpy(att.T).float().numpy()  # the reference casts before indexing
+    split = "validation" if validation is not None else "proposed"
     return GZSLData(
         name=name, layout="xlsa17",
         train_feature=train.numpy(), train_label=remap(labels[locs["trainval_loc"]], seen),
@@ -195,7 +246,8 @@ def load_xlsa17(folder: Path, name: str, image_embedding: str = "res101",
         test_unseen_feature=test_unseen.numpy(), test_unseen_label=remap(labels[locs["test_unseen_loc"]], unseen),
         seen_semantics=np.ascontiguousarray(att_rows[seen]),
         unseen_semantics=np.ascontiguousarray(att_rows[unseen]),
-        source=f"{feat_path} + {split_path}")
+        seen_ids=seen + 1, unseen_ids=unseen + 1, rows=locs, split=split,
+        source=f"{feat_path} + {split_path} ({split} split)")
 
 
 def load_epgn(folder: Path, name: str) -> GZSLData:
@@ -254,6 +306,7 @@ def load_epgn(folder: Path, name: str) -> GZSLData:
         test_seen_feature=scaled["test_seen_fea"], test_seen_label=remap(ts, np.unique(ts)),
         test_unseen_feature=scaled["test_unseen_fea"], test_unseen_label=remap(tu, np.unique(tu)),
         seen_semantics=seen_pro.astype(np.float32), unseen_semantics=unseen_pro.astype(np.float32),
+        seen_ids=np.arange(1, n_seen + 1), unseen_ids=np.arange(1, n_unseen + 1),
         source=f"{data_path} + {label_path}")
 
 
@@ -469,21 +522,50 @@ def make_run_dir(out_dir: str, dataset: str) -> Path:
 
 
 class RunLog:
-    """Prints and appends to run_dir/log.txt; one JSON line per evaluation in metrics.jsonl."""
+    """Prints and appends to run_dir/log.txt; JSON lines for evaluations and losses."""
 
-    def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
+    def __init__(self, run_dir: Path, echo: bool = True):
+        self.run_dir, self.echo = run_dir, echo
         self.log_path = run_dir / "log.txt"
         self.metrics_path = run_dir / "metrics.jsonl"
+        self.losses_path = run_dir / "losses.jsonl"
 
-    def print(self, text: str = "") -> None:
-        print(text, flush=True)
+    def print(self, text: str = "", echo: bool = True) -> None:
+        if echo:
+            from tqdm import tqdm
+            tqdm.write(text, file=sys.stdout)  # keeps an active progress bar intact
+            sys.stdout.flush()
         with open(self.log_path, "a") as f:
             f.write(text + "\n")
 
     def metrics(self, row: dict) -> None:
-        with open(self.metrics_path, "a") as f:
+        self._append(self.metrics_path, row)
+
+    def losses(self, row: dict) -> None:
+        self._append(self.losses_path, row)
+
+    @staticmethod
+    def _append(path: Path, row: dict) -> None:
+        with open(path, "a") as f:
             f.write(json.dumps(row) + "\n")
+
+    def rewind(self, rows: list[dict], iteration: int) -> None:
+        """On resume: metrics as the checkpoint knows them; drop losses logged after it."""
+        _atomic_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+        kept = [l for l in read_jsonl(self.losses_path) if l["iteration"] <= iteration]
+        _atomic_text(self.losses_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -497,6 +579,58 @@ def atomic_save(obj, path: Path) -> None:
             tmp.unlink()
 
 
-def fail(message: str) -> None:
+# ----------------------------------------------------------------------------- checkpoints
+
+CHECKPOINT_FORMAT = "gsmflow-checkpoint-v1"
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or the parameters stopped being finite; the message names the iteration."""
+
+
+def load_checkpoint(path: Path, data: GZSLData) -> dict:
+    """torch.load(weights_only=True), refusing files for other data (one-line DataError)."""
+    if not path.is_file():
+        raise DataError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise DataError(f"{path}: not a GSMFlow checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    theirs, ours = ckpt["data"], data.signature()
+    if theirs["dataset"] != ours["dataset"]:
+        raise DataError(f"{path}: checkpoint is for {theirs['dataset']}, this run is {ours['dataset']}")
+    diff = [f"{k} {theirs.get(k)} (checkpoint) vs {v} (here)" for k, v in ours.items() if theirs.get(k) != v]
+    if diff:
+        raise DataError(f"{path}: trained on other data: {'; '.join(diff)}")
+    return ckpt
+
+
+def all_finite(module_params) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in module_params)
+
+
+def save_synthetic(path: Path, features: torch.Tensor, n_per_class: int, data: GZSLData) -> None:
+    """Synthetic unseen features + labels as .npz or .mat (rows = samples), written atomically."""
+    labels = np.repeat(np.arange(data.n_unseen), n_per_class)
+    content = {"features": features.cpu().numpy(), "labels": labels,
+               "class_ids": data.unseen_ids[labels], "unseen_semantics": data.unseen_semantics,
+               "unseen_class_ids": data.unseen_ids}
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            if path.suffix == ".mat":
+                sio.savemat(f, content)
+            else:
+                np.savez(f, **content)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def fail(message: str, code: int = 2) -> None:
     print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    raise SystemExit(code)
