@@ -119,26 +119,31 @@ def generate(folder: Path, dataset: str, seed: int = 0, per_seen: tuple[int, int
     return folder
 
 
+# unseen and validation class counts of the proposed splits (Xian et al.)
+SPLIT_CLASSES = {"AWA2": (10, 13), "APY": (12, 5), "CUB": (50, 50), "FLO": (20, 20)}
+
+
 def features_for_real_splits(split_file: Path, folder: Path, seed: int = 0, feature_dim: int = 2048,
                              stem: str = "att") -> Path:
     """Copy a real `*_splits.mat` into `folder` with a generated `res101.mat` consistent with it.
 
-    Every trainval/test_seen image gets a seen class, every test_unseen image an unseen one,
-    round-robin, so the real loc vectors, counts and semantic matrix are exercised as they are.
+    Labels follow the splits' structure: val_loc images get validation classes, train_loc
+    images the other seen classes, test_unseen_loc images the unseen classes (round-robin),
+    so the real loc vectors, counts and semantic matrix are exercised as they are.
     """
     rng = np.random.default_rng(seed)
     m = sio.loadmat(str(split_file))
     att = m["att"]
-    n_images = max(int(m[k].max()) for k in ("trainval_loc", "test_seen_loc", "test_unseen_loc"))
-    n_classes = att.shape[1]
-    unseen_count = {"AWA2": 10, "APY": 12, "CUB": 50, "FLO": 20}.get(split_file.name.split("_")[0], n_classes // 5)
-    unseen = np.sort(rng.choice(np.arange(1, n_classes + 1), unseen_count, replace=False))
-    seen = np.setdiff1d(np.arange(1, n_classes + 1), unseen)
-    labels = np.zeros(n_images, dtype=np.int64)
-    for key, classes in (("trainval_loc", seen), ("test_seen_loc", seen), ("test_unseen_loc", unseen)):
-        loc = m[key].reshape(-1).astype(np.int64) - 1
-        labels[loc] = classes[np.arange(loc.size) % classes.size]
-    labels[labels == 0] = seen[0]  # images in no split of interest
+    loc = {k: m[k].reshape(-1).astype(np.int64) - 1
+           for k in ("trainval_loc", "test_seen_loc", "test_unseen_loc", "train_loc", "val_loc")}
+    n_images, n_classes = max(int(v.max()) for v in loc.values()) + 1, att.shape[1]
+    n_unseen, n_val = SPLIT_CLASSES[split_file.name.split("_")[0]]
+    order = rng.permutation(np.arange(1, n_classes + 1))
+    unseen, val, train = np.sort(order[:n_unseen]), np.sort(order[n_unseen:n_unseen + n_val]), \
+        np.sort(order[n_unseen + n_val:])
+    labels = np.full(n_images, train[0], dtype=np.int64)
+    for key, classes in (("train_loc", train), ("val_loc", val), ("test_unseen_loc", unseen)):
+        labels[loc[key]] = classes[np.arange(loc[key].size) % classes.size]
     features = make_features(rng, att, labels - 1, feature_dim).astype(np.float32)
     folder.mkdir(parents=True, exist_ok=True)
     write_xlsa17(folder, features, labels, {})
@@ -146,8 +151,8 @@ def features_for_real_splits(split_file: Path, folder: Path, seed: int = 0, feat
     return folder
 
 
-def ensure_benchmark(root: Path, dataset: str, class_embedding: str = "att", seed: int = 0) -> Path:
-    """Generate root/dataset once (reused by later --synthetic runs with the same seed)."""
+def ensure_benchmark(root: Path, dataset: str, seed: int = 6152) -> Path:
+    """Generate root/dataset once; later --synthetic runs (any training seed) reuse it."""
     folder = Path(root) / dataset
     marker = folder / f".synthetic_seed_{seed}"
     if not marker.exists():

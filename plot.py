@@ -1,0 +1,114 @@
+"""Pictures of a run, from its run directory alone.
+
+    python plot.py out/AWA2/20261128-093315            # curves.png and tsne.png in that directory
+    python plot.py RUN_DIR --tsne_per_class=300 --checkpoint=last.pt
+
+curves.png: NLL and prototype loss against iteration (losses.jsonl) and ZSL T1 / GZSL U, S,
+H at each evaluation (metrics.jsonl). tsne.png: a t-SNE of real test features of the unseen
+classes next to features the saved flow synthesises for them (the paper's qualitative figure).
+The data is read from the paths in the run's config.json.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import util  # noqa: E402
+from config import Config, ConfigError  # noqa: E402
+
+
+def plot_curves(run_dir: Path) -> Path:
+    losses = util.read_jsonl(run_dir / "losses.jsonl")
+    metrics = util.read_jsonl(run_dir / "metrics.jsonl")
+    if not losses and not metrics:
+        raise util.DataError(f"{run_dir}: no losses.jsonl or metrics.jsonl to plot")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    it = [r["iteration"] for r in losses]
+    axes[0].plot(it, [r["nll"] for r in losses])
+    axes[0].set(title="flow NLL per dimension", xlabel="iteration")
+    axes[1].plot(it, [r["prototype_loss"] for r in losses], color="tab:orange")
+    axes[1].set(title="prototype loss (weighted)", xlabel="iteration", yscale="log")
+    ev = [r["iteration"] for r in metrics]
+    for key, color in (("U", "tab:blue"), ("S", "tab:green"), ("H", "tab:red"), ("T1", "tab:purple")):
+        if metrics and key in metrics[0]:
+            axes[2].plot(ev, [r[key] for r in metrics], "o-", color=color, label=f"{key} (best epoch)")
+            axes[2].plot(ev, [r[f"{key}_last"] for r in metrics], "--", color=color, alpha=0.5)
+    axes[2].set(title="evaluations (dashed: last classifier epoch)", xlabel="iteration", ylabel="%")
+    axes[2].legend(fontsize=8)
+    fig.suptitle(f"{run_dir}  (selection in the log is on the test set unless --validation)", fontsize=9)
+    fig.tight_layout()
+    out = run_dir / "curves.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_tsne(run_dir: Path, checkpoint: str = "best.pt", per_class: int = 200, seed: int = 0) -> Path:
+    from sklearn.manifold import TSNE
+
+    import train
+    cfg = Config(**json.loads((run_dir / "config.json").read_text()))
+    data = train.prepare_data(cfg)
+    ckpt = util.load_checkpoint(run_dir / checkpoint, data)
+    flow, rp = train.build_models(cfg, data, torch.device("cpu"))
+    weights = ckpt.get("trainer", ckpt)
+    flow.load_state_dict(weights["flow"])
+    rp.load_state_dict(weights["relative_positioning"])
+    flow.eval(), rp.eval()
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    synthetic = util.synthesize_unseen(flow, rp, torch.from_numpy(data.unseen_semantics), per_class,
+                                       torch.empty(data.n_unseen * per_class, data.feature_dim)).numpy()
+    syn_labels = np.repeat(np.arange(data.n_unseen), per_class)
+    real_idx = np.concatenate([rng.permutation(np.flatnonzero(data.test_unseen_label == c))[:per_class]
+                               for c in range(data.n_unseen)])
+    real, real_labels = data.test_unseen_feature[real_idx], data.test_unseen_label[real_idx]
+    emb = TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30, len(real_idx) // 4 + 1)) \
+        .fit_transform(np.concatenate([real, synthetic]))
+    fig, ax = plt.subplots(figsize=(8, 7))
+    cmap = plt.get_cmap("tab10" if data.n_unseen <= 10 else "tab20")
+    for c in range(data.n_unseen):
+        color = cmap(c % cmap.N)
+        r, s = emb[:len(real)][real_labels == c], emb[len(real):][syn_labels == c]
+        ax.scatter(s[:, 0], s[:, 1], s=6, marker="x", color=color, alpha=0.35)
+        ax.scatter(r[:, 0], r[:, 1], s=14, marker="o", color=color, edgecolors="black", linewidths=0.3)
+    ax.set_title(f"{cfg.dataset} unseen classes: real test features (o) vs synthetic (x)\n"
+                 f"{run_dir / checkpoint}, iteration {ckpt['iteration']}", fontsize=9)
+    ax.set_xticks([]), ax.set_yticks([])
+    fig.tight_layout()
+    out = run_dir / "tsne.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str]) -> None:
+    try:
+        if not argv or argv[0].startswith("--"):
+            raise ConfigError("usage: python plot.py RUN_DIR [--checkpoint=best.pt] [--tsne_per_class=200] [--no_tsne]")
+        run_dir, opts = Path(argv[0]), dict(a[2:].partition("=")[::2] for a in argv[1:])
+        unknown = set(opts) - {"checkpoint", "tsne_per_class", "no_tsne"}
+        if unknown:
+            raise ConfigError(f"unknown option --{sorted(unknown)[0]} (known: checkpoint, tsne_per_class, no_tsne)")
+        if not (run_dir / "config.json").is_file():
+            raise util.DataError(f"{run_dir}: not a run directory (no config.json)")
+        print(plot_curves(run_dir))
+        if "no_tsne" not in opts:
+            per_class = opts.get("tsne_per_class", "200")
+            if not per_class.isdigit() or int(per_class) < 1:
+                raise ConfigError(f"option --tsne_per_class: expected a positive integer, got {per_class!r}")
+            print(plot_tsne(run_dir, opts.get("checkpoint", "best.pt"), int(per_class)))
+    except (ConfigError, util.DataError) as exc:
+        util.fail(str(exc))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

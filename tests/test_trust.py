@@ -1,0 +1,195 @@
+"""Resume, safe checkpoints, eval-only export, the non-finite guard, seeds and honest selection."""
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import scipy.io as sio
+import torch
+
+import synthetic
+import train
+import util
+from conftest import ROOT, SHARED_XLSA17
+from test_end_to_end import tiny_config
+
+
+@pytest.fixture(scope="module")
+def apy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    synthetic.generate(root / "APY", "APY", seed=3, per_seen=(20, 5), per_unseen=10, feature_dim=64, noise=3.0)
+    return root
+
+
+def cli_args(cfg):
+    """The command line that gives `cfg` when run through train_APY.py."""
+    return [f"--{f.name}={getattr(cfg, f.name)}" for f in dataclasses.fields(cfg)
+            if f.name not in ("seeds", "resume", "eval_only", "save_synthetic")]
+
+
+def comparable(rows):
+    return [{k: v for k, v in r.items() if k != "eval_seconds"} for r in rows]
+
+
+def test_resume_after_kill_9_gives_the_uninterrupted_metrics(apy, tmp_path):
+    cfg = tiny_config(apy, tmp_path / "a", gen_nepoch=30, eval_start=29, evl_interval=30, disp_interval=10,
+                      classifier_epochs=10)
+    script = [sys.executable, str(ROOT / "train_APY.py"), "--quiet"]
+    subprocess.run(script + cli_args(cfg), check=True, capture_output=True, cwd=ROOT)
+    (full_dir,) = (tmp_path / "a" / "APY").iterdir()
+    expected = comparable(util.read_jsonl(full_dir / "metrics.jsonl"))
+    assert [r["iteration"] for r in expected] == [30, 60, 90, 120, 150, 180]
+
+    cfg_b = dataclasses.replace(cfg, out_dir=str(tmp_path / "b"))
+    proc = subprocess.Popen(script + cli_args(cfg_b), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        dirs = list((tmp_path / "b" / "APY").glob("*")) if (tmp_path / "b" / "APY").exists() else []
+        if dirs and len(util.read_jsonl(dirs[0] / "metrics.jsonl")) >= 2:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (run_dir,) = (tmp_path / "b" / "APY").iterdir()
+    killed_at = len(util.read_jsonl(run_dir / "metrics.jsonl"))
+    assert killed_at < len(expected)
+    out = subprocess.run(script + [f"--resume={run_dir}"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "resumed from" in out.stdout
+    assert comparable(util.read_jsonl(run_dir / "metrics.jsonl")) == expected
+    full_losses = util.read_jsonl(full_dir / "losses.jsonl")
+    assert util.read_jsonl(run_dir / "losses.jsonl") == full_losses
+
+
+def test_resume_refuses_changed_settings_and_other_datasets(apy, tmp_path):
+    cfg = tiny_config(apy, tmp_path, gen_nepoch=10, eval_start=29, evl_interval=30, eval_zsl=False)
+    run_dir = train.run(cfg)["run_dir"]
+    with pytest.raises(train.ConfigError, match="option --lr cannot change when resuming"):
+        train.resume(cfg, [f"--resume={run_dir}", "--lr=0.1"])
+    import train_AWA2
+    with pytest.raises(train.ConfigError, match="is a APY run; use train_APY.py"):
+        train.resume(train_AWA2.config, [f"--resume={run_dir}"])
+
+
+def test_atomic_save_keeps_the_previous_checkpoint_when_a_write_dies(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    util.atomic_save({"v": torch.ones(3)}, path)
+
+    def dies_midway(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", dies_midway)
+    with pytest.raises(OSError):
+        util.atomic_save({"v": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path, weights_only=True)["v"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+class NotAllowed:
+    pass
+
+
+def test_checkpoints_load_weights_only_and_are_checked_against_the_data(apy, tmp_path):
+    cfg = tiny_config(apy, tmp_path, gen_nepoch=10, eval_start=29, evl_interval=30, eval_zsl=False)
+    run_dir = train.run(cfg)["run_dir"]
+    data = train.prepare_data(cfg)
+    ckpt = util.load_checkpoint(tmp_path / run_dir / "best.pt", data)
+    assert ckpt["format"] == util.CHECKPOINT_FORMAT and "flow" in ckpt
+    assert "trainer" in util.load_checkpoint(tmp_path / run_dir / "last.pt", data)
+    other = synthetic.generate(tmp_path / "AWA2", "AWA2", seed=1, per_seen=(6, 2), per_unseen=4, feature_dim=64)
+    awa2 = util.load_dataset(str(tmp_path), "AWA2")
+    with pytest.raises(util.DataError, match="checkpoint is for APY, this run is AWA2"):
+        util.load_checkpoint(tmp_path / run_dir / "best.pt", awa2)
+    smaller = dataclasses.replace(data, train_feature=data.train_feature[:-1], train_label=data.train_label[:-1])
+    with pytest.raises(util.DataError, match=r"trained on other data: n_train 400 \(checkpoint\) vs 399"):
+        util.load_checkpoint(tmp_path / run_dir / "best.pt", smaller)
+    torch.save({"format": util.CHECKPOINT_FORMAT, "x": NotAllowed()}, tmp_path / "evil.pt")
+    with pytest.raises(util.DataError, match=r"evil.pt: not a loadable checkpoint \(UnpicklingError"):
+        util.load_checkpoint(tmp_path / "evil.pt", data)
+    torch.save({"weights": torch.ones(2)}, tmp_path / "plain.pt")
+    with pytest.raises(util.DataError, match="plain.pt: not a GSMFlow checkpoint"):
+        util.load_checkpoint(tmp_path / "plain.pt", data)
+
+
+@pytest.mark.parametrize("ext", ["npz", "mat"])
+def test_eval_only_reevaluates_and_exports_synthetic_features(apy, tmp_path, ext):
+    cfg = tiny_config(apy, tmp_path, nSample=40)
+    trained = train.run(cfg)
+    export = tmp_path / f"syn.{ext}"
+    summary = train.main(cfg, [f"--eval_only={trained['run_dir']}/best.pt", f"--save_synthetic={export}"])
+    assert summary["last"]["T1"] > 50 and summary["last"]["H"] > 50  # chance: 8.3 and ~6
+    saved = dict(np.load(export)) if ext == "npz" else sio.loadmat(str(export))
+    assert saved["features"].shape == (12 * 40, 64)
+    assert np.array_equal(saved["labels"].ravel(), np.repeat(np.arange(12), 40))
+    assert saved["unseen_semantics"].shape == (12, 64)
+    with pytest.raises(SystemExit):  # never overwrites an earlier export
+        train.main(cfg, [f"--eval_only={trained['run_dir']}/best.pt", f"--save_synthetic={export}"])
+
+
+def test_non_finite_loss_stops_with_the_iteration_and_keeps_the_last_good_checkpoint(apy, tmp_path, monkeypatch):
+    real_step = train.Trainer.step
+
+    def poisoned(self, it):
+        out = real_step(self, it)
+        if it == 95:
+            with torch.no_grad():
+                next(self.flow.parameters()).fill_(float("nan"))
+        return out
+    monkeypatch.setattr(train.Trainer, "step", poisoned)
+    cfg = tiny_config(apy, tmp_path, gen_nepoch=30, eval_start=29, evl_interval=30, eval_zsl=False)
+    with pytest.raises(util.NonFiniteError, match=r"iteration 96: loss is not finite .*\(iteration 90\)"):
+        train.run(cfg)
+    (run_dir,) = (tmp_path / "APY").iterdir()
+    last = torch.load(run_dir / "last.pt", weights_only=True)
+    assert last["iteration"] == 90 and util.all_finite(last["trainer"]["flow"].values())
+
+
+def test_seeds_table_is_mean_and_std_of_the_runs(apy, tmp_path, capsys):
+    cfg = tiny_config(apy, tmp_path, gen_nepoch=10, eval_start=29, evl_interval=30, seeds="6152,1")
+    result = train.main(cfg, [])
+    runs = [json.loads((tmp_path / d / "summary.json").read_text()) for d in result["run_dirs"]]
+    h = [r["paper"]["H"] for r in runs]
+    assert result["table"]["paper"]["H"] == pytest.approx((np.mean(h), np.std(h, ddof=1)))
+    assert runs[0]["paper"] != runs[1]["paper"]
+    out = capsys.readouterr().out
+    assert "mean +- std over seeds 6152, 1" in out and "selected on the TEST set" in out
+
+
+@pytest.mark.skipif(not SHARED_XLSA17.is_dir(), reason="../shared/xlsa17 not present")
+@pytest.mark.parametrize("name,stem", [("AWA2", "att"), ("APY", "att"), ("CUB", "sent"), ("FLO", "att")])
+def test_validation_split_of_real_files_never_touches_test_rows(tmp_path, name, stem):
+    split_file = SHARED_XLSA17 / f"{name}_{stem}_splits.mat"
+    synthetic.features_for_real_splits(split_file, tmp_path / name, feature_dim=4, stem=stem)
+    m = sio.loadmat(str(split_file))
+    test_rows = np.concatenate([m["test_seen_loc"].ravel(), m["test_unseen_loc"].ravel()]).astype(int) - 1
+    d = util.load_dataset(str(tmp_path), name, layout="xlsa17", class_embedding=stem, validation=True)
+    used = np.concatenate(list(d.rows.values()))
+    assert d.split == "validation"
+    assert np.isin(used, m["trainval_loc"].ravel().astype(int) - 1).all()
+    assert not np.isin(used, test_rows).any()
+    assert np.intersect1d(d.seen_ids, d.unseen_ids).size == 0
+    assert len(set(used)) == len(used) == m["trainval_loc"].size  # every trainval image used exactly once
+    if name != "APY":  # xlsa17's train/val locs overlap the seen test images (the trap this avoids)
+        assert np.isin(m["val_loc"].ravel().astype(int) - 1, test_rows).any()
+
+
+def test_select_val_reports_test_numbers_at_the_validation_choice(tmp_path):
+    synthetic.generate(tmp_path / "APY", "APY", seed=3, per_seen=(20, 5), per_unseen=10, feature_dim=64, noise=3.0)
+    cfg = tiny_config(tmp_path, tmp_path / "out", gen_nepoch=40, eval_start=59, evl_interval=60, select="val")
+    s = train.main(cfg, [])
+    val_rows = util.read_jsonl(tmp_path / s["validation_run_dir"] / "metrics.jsonl")
+    test_rows = {r["iteration"]: r for r in util.read_jsonl(tmp_path / s["run_dir"] / "metrics.jsonl")}
+    v = s["val"]
+    assert v["val_iteration"] in [r["iteration"] for r in val_rows]
+    u, s_ = test_rows[v["iteration"]]["gzsl_epochs"][v["classifier_epoch"] - 1]
+    assert (v["U"], v["S"]) == (u, s_)
+    assert "VALIDATION split" in (tmp_path / s["validation_run_dir"] / "log.txt").read_text()
+    assert "chosen on the leak-free validation split" in (tmp_path / s["run_dir"] / "log.txt").read_text()
