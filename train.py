@@ -32,6 +32,12 @@ def build_models(cfg: Config, data: util.GZSLData, device: torch.device):
     return flow.to(device), rp.to(device)
 
 
+def progress_bar(iterable, cfg: Config, **kw):
+    """tqdm on stderr, off with --quiet or when stderr is not a terminal."""
+    from tqdm import tqdm
+    return tqdm(iterable, disable=cfg.quiet or not sys.stderr.isatty(), dynamic_ncols=True, **kw)
+
+
 class Evaluator:
     """Synthesises unseen features and trains the GZSL and ZSL softmax classifiers."""
 
@@ -53,12 +59,14 @@ class Evaluator:
     def __call__(self, flow, rp) -> dict:
         cfg, data = self.cfg, self.data
         flow.eval(), rp.eval()
+        bar = progress_bar(None, cfg, desc="evaluation", unit="epoch", leave=False,
+                           total=cfg.classifier_epochs * (2 if cfg.eval_zsl else 1))
         synthetic = self.features[self.n_train:]
         util.synthesize_unseen(flow, rp, self.unseen_semantics, cfg.nSample, synthetic)
         x_u, y_u = self.test_unseen
         gzsl = util.train_softmax(self.features, self.labels, data.n_seen + data.n_unseen,
                                   {"seen": self.test_seen, "unseen": (x_u, y_u + data.n_seen)},
-                                  cfg.classifier_lr, cfg.classifier_epochs, cfg.classifier_batch)
+                                  cfg.classifier_lr, cfg.classifier_epochs, cfg.classifier_batch, bar.update)
         best = util.best_gzsl_epoch(gzsl)
         last = gzsl[-1]
         row = {"U": best["U"], "S": best["S"], "H": best["H"],
@@ -72,10 +80,11 @@ class Evaluator:
             with torch.random.fork_rng(devices=devices):
                 zsl = util.train_softmax(synthetic, self.labels[self.n_train:] - data.n_seen, data.n_unseen,
                                          {"unseen": self.test_unseen},
-                                         cfg.classifier_lr, cfg.classifier_epochs, cfg.classifier_batch)
+                                         cfg.classifier_lr, cfg.classifier_epochs, cfg.classifier_batch, bar.update)
             row["T1"] = max([0.0] + [h["unseen"] for h in zsl])
             row["T1_last"] = zsl[-1]["unseen"]
             row["zsl_epochs"] = [h["unseen"] for h in zsl]
+        bar.close()
         flow.train(), rp.train()
         return percent(row)
 
@@ -212,11 +221,6 @@ def save_checkpoint(path: Path, cfg: Config, data: util.GZSLData, trainer: Train
     else:
         payload.update(flow=trainer.flow.state_dict(), relative_positioning=trainer.rp.state_dict())
     util.atomic_save(payload, path)
-
-
-def progress_bar(iterable, cfg: Config, **kw):
-    from tqdm import tqdm
-    return tqdm(iterable, disable=cfg.quiet or not sys.stderr.isatty(), dynamic_ncols=True, **kw)
 
 
 def run(cfg: Config, resume_dir: Path | None = None) -> dict:

@@ -433,7 +433,7 @@ def predict(model, features: torch.Tensor, batch_size: int) -> np.ndarray:
 
 
 def train_softmax(features: torch.Tensor, labels: torch.Tensor, n_classes: int, tests: dict,
-                  lr: float, epochs: int, batch_size: int) -> list[dict]:
+                  lr: float, epochs: int, batch_size: int, on_epoch=None) -> list[dict]:
     """Train the softmax classifier the reference's way; per-class accuracy after each epoch.
 
     `tests` maps a name to (features, labels) on the same device. Returns one dict per
@@ -457,6 +457,8 @@ def train_softmax(features: torch.Tensor, labels: torch.Tensor, n_classes: int, 
         model.eval()
         history.append({k: per_class_accuracy(predict(model, x, batch_size), test_labels[k])
                         for k, (x, _) in tests.items()})
+        if on_epoch is not None:
+            on_epoch()
     return history
 
 

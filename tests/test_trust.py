@@ -193,3 +193,25 @@ def test_select_val_reports_test_numbers_at_the_validation_choice(tmp_path):
     assert (v["U"], v["S"]) == (u, s_)
     assert "VALIDATION split" in (tmp_path / s["validation_run_dir"] / "log.txt").read_text()
     assert "chosen on the leak-free validation split" in (tmp_path / s["run_dir"] / "log.txt").read_text()
+
+
+def test_progress_bars_only_on_a_terminal_and_not_when_quiet(monkeypatch):
+    from config import Config
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert not train.progress_bar(range(3), Config()).disable
+    assert train.progress_bar(range(3), Config(quiet=True)).disable
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert train.progress_bar(range(3), Config()).disable
+
+
+def test_plot_command_writes_curves_and_tsne_from_the_run_dir_alone(apy, tmp_path):
+    import plot
+    cfg = tiny_config(apy, tmp_path, gen_nepoch=20, eval_start=29, evl_interval=30, disp_interval=10)
+    run_dir = tmp_path / train.run(cfg)["run_dir"]
+    subprocess.run([sys.executable, str(ROOT / "plot.py"), str(run_dir), "--tsne_per_class=30"],
+                   check=True, cwd=tmp_path, capture_output=True)
+    for name in ("curves.png", "tsne.png"):
+        png = (run_dir / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    bad = subprocess.run([sys.executable, str(ROOT / "plot.py"), str(tmp_path)], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "not a run directory" in bad.stderr
