@@ -152,16 +152,21 @@ def parse_args(argv: list[str]) -> dict:
     """`--key=value` strings -> {key: typed value}; unknown keys and bad values are errors."""
     types = field_types()
     updates: dict = {}
-    for arg in argv:
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
         if not arg.startswith("--"):
             raise ConfigError(f"unexpected argument {arg!r}: options look like --key=value")
         key, has_value, text = arg[2:].partition("=")
         if key not in types:
             raise ConfigError(f"unknown option --{key} (known: {', '.join(sorted(types))})")
         if not has_value:
-            if types[key] is not bool:
+            if types[key] is bool:
+                text = "true"
+            elif args and not args[0].startswith("--"):
+                text = args.pop(0)  # argparse style, as in the authors' commands: --nSample 1000
+            else:
                 raise ConfigError(f"option --{key} needs a value: --{key}=VALUE")
-            text = "true"
         updates[key] = _convert(key, text, types[key])
     return updates
 

@@ -7,6 +7,9 @@ def test_overrides_are_typed():
     cfg = parse_overrides(Config(), ["--nSample=30", "--lr=1e-3", "--device=cpu", "--eval_zsl=false"])
     assert (cfg.nSample, cfg.lr, cfg.device, cfg.eval_zsl) == (30, 1e-3, "cpu", False)
     assert isinstance(cfg.lr, float) and isinstance(cfg.nSample, int)
+    # the authors' argparse spelling works too
+    cfg = parse_overrides(Config(), ["--nSample", "30", "--validation", "--pi", "0.1"])
+    assert (cfg.nSample, cfg.validation, cfg.pi) == (30, True, 0.1)
 
 
 @pytest.mark.parametrize("arg,match", [
