@@ -259,7 +259,7 @@ def run(cfg: Config, resume_dir: Path | None = None) -> dict:
     log.print(f"training: {total} iterations (+1, as the reference counts 0..{total}); evaluations at "
               f"multiples of {cfg.evl_interval} above {cfg.eval_start}; {cfg.nSample} samples per unseen class")
     best_h = max([r["H"] for r in rows], default=-1.0)
-    last_saved, t0 = -1, time.time()
+    last_saved, t0 = (state["iteration"] if state else -1), time.time()
     bar = progress_bar(range(trainer.next_iteration, total + 1), cfg, desc="flow", unit="it",
                        initial=trainer.next_iteration, total=total + 1)
     for it in bar:
