@@ -53,11 +53,15 @@ class Evaluator:
         cfg, data = self.cfg, self.data
         flow.eval(), rp.eval()
         synthetic = self.features[self.n_train:]
-        util.synthesize_unseen(flow, rp, self.unseen_semantics, cfg.nSample, synthetic)
+        t0 = time.perf_counter()
+        util.synthesize_unseen(flow, rp, self.unseen_semantics, cfg.nSample, synthetic,
+                               cfg.synth_chunk, cfg.bf16, cfg.device_noise)
+        self.timing = {"synthesis": time.perf_counter() - t0}
         x_u, y_u = self.test_unseen
         gzsl = util.train_softmax(self.features, self.labels, data.n_seen + data.n_unseen,
                                   {"seen": self.test_seen, "unseen": (x_u, y_u + data.n_seen)},
-                                  cfg.classifier_lr, cfg.classifier_epochs, cfg.classifier_batch)
+                                  cfg.classifier_lr, cfg.classifier_epochs, cfg.classifier_batch, cfg.bf16)
+        self.timing["gzsl_epochs"] = [h["seconds"] for h in gzsl]
         best = util.best_gzsl_epoch(gzsl)
         last = gzsl[-1]
         row = {"U": best["U"], "S": best["S"], "H": best["H"],
@@ -70,7 +74,8 @@ class Evaluator:
             with torch.random.fork_rng(devices=devices):
                 zsl = util.train_softmax(synthetic, self.labels[self.n_train:] - data.n_seen, data.n_unseen,
                                          {"unseen": self.test_unseen},
-                                         cfg.classifier_lr, cfg.classifier_epochs, cfg.classifier_batch)
+                                         cfg.classifier_lr, cfg.classifier_epochs, cfg.classifier_batch, cfg.bf16)
+            self.timing["zsl_epochs"] = [h["seconds"] for h in zsl]
             row["T1"] = max([0.0] + [h["unseen"] for h in zsl])
             row["T1_last"] = zsl[-1]["unseen"]
         flow.train(), rp.train()
@@ -127,7 +132,7 @@ class Trainer:
         self.sampler = util.EpochPermutationSampler(n_train, cfg.batchsize)
         self.flow, self.rp = build_models(cfg, data, device)
         self.params = list(self.flow.parameters()) + list(self.rp.parameters())
-        self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = util.flow_optimizer(self.params, cfg.lr, cfg.weight_decay, device, cfg.fused_adam)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
         self.train_x = torch.from_numpy(data.train_feature).to(device)
         self.train_y = torch.from_numpy(data.train_label).to(device)
@@ -142,20 +147,24 @@ class Trainer:
     def step(self, it: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One iteration: NLL + prototype loss, one Adam step; returns both losses (tensors)."""
         cfg, flow, dim = self.cfg, self.flow, self.train_x.shape[1]
-        idx = torch.from_numpy(self.sampler.next()).to(self.device)
-        x, cond = self.train_x[idx], self.rp(self.seen_sem[self.train_y[idx]])
-        # Visual perturbation: N(0, pi^2) noise under one mask shared by the whole batch.
-        noise = cfg.pi * torch.randn(cfg.batchsize, dim).to(self.device)
-        mask = torch.empty(dim, device=self.device).uniform_() > cfg.dropout
-        z, log_det = flow(x + mask * noise, cond)
-        nll = torch.mean(z ** 2) / 2 - torch.mean(log_det) / dim
+        autocast = util.autocast(self.device, cfg.bf16)
+        idx = torch.from_numpy(self.sampler.next()).to(self.device)  # batches are index gathers on the device
+        with autocast:
+            x, cond = self.train_x[idx], self.rp(self.seen_sem[self.train_y[idx]])
+            # Visual perturbation: N(0, pi^2) noise under one mask shared by the whole batch.
+            noise = cfg.pi * torch.randn(cfg.batchsize, dim).to(self.device)
+            mask = torch.empty(dim, device=self.device).uniform_() > cfg.dropout
+            z, log_det = flow(x + mask * noise, cond)
+            nll = torch.mean(z ** 2) / 2 - torch.mean(log_det) / dim
         self.optimizer.zero_grad(set_to_none=True)
         nll.backward()
         proto = torch.zeros((), device=self.device)
         if cfg.prototype > 0:
-            with torch.no_grad():  # quirk: relative positioning gets no gradient from this term
+            with torch.no_grad(), autocast:  # quirk: relative positioning gets no gradient from this term
                 proto_cond = self.rp(self.seen_sem)
-            proto = cfg.prototype * torch.nn.functional.mse_loss(flow.reverse(self.proto_z, proto_cond), self.centroids)
+            with autocast:
+                x_proto = flow.reverse(self.proto_z, proto_cond)
+                proto = cfg.prototype * torch.nn.functional.mse_loss(x_proto, self.centroids)
             proto.backward()  # a second backward adds into .grad, in the reference's order
         self.optimizer.step()
         if it % self.iters_per_epoch == 0:
@@ -183,6 +192,13 @@ class Trainer:
         self.next_iteration = state["next_iteration"]
 
 
+def apply_speed_options(cfg: Config) -> None:
+    """Process-wide settings of the speed options (config.py): TF32 (CUDA only) and the allocator."""
+    torch.backends.cuda.matmul.fp32_precision = "tf32" if cfg.tf32 else "ieee"
+    if cfg.keep_freed_memory:
+        util.keep_freed_memory()
+
+
 def run(cfg: Config) -> dict:
     """Train and evaluate once; returns the summary (also written to run_dir/summary.json)."""
     device = util.resolve_device(cfg.device)
@@ -190,6 +206,7 @@ def run(cfg: Config) -> dict:
     if cfg.batchsize >= len(data.train_label):
         raise ConfigError(f"option --batchsize={cfg.batchsize}: must be smaller than the "
                           f"{len(data.train_label)} training images")
+    apply_speed_options(cfg)
     util.set_seeds(cfg.manualSeed)
     run_dir = util.make_run_dir(cfg.out_dir, cfg.dataset)
     log = util.RunLog(run_dir)
