@@ -62,7 +62,7 @@ class Config:
     bf16: bool = False                # bf16 autocast for flow training, synthesis and classifiers (CPU and GPU)
     tf32: bool = False                # TF32 matmuls on CUDA (no effect on CPU)
     fused_adam: bool = False          # torch's fused Adam for the flow: faster, ~1 ulp from the reference's rounding
-    device_noise: bool = False        # draw synthesis noise on the GPU generator, not the CPU one (other numbers)
+    device_noise: bool = False        # draw perturbation and synthesis noise on the GPU's generator, not the CPU's (other numbers)
 
 
 # A short schedule for `--synthetic`: about two minutes on 2 CPU cores. Applied before

@@ -152,7 +152,8 @@ class Trainer:
         with autocast:
             x, cond = self.train_x[idx], self.rp(self.seen_sem[self.train_y[idx]])
             # Visual perturbation: N(0, pi^2) noise under one mask shared by the whole batch.
-            noise = cfg.pi * torch.randn(cfg.batchsize, dim).to(self.device)
+            noise = cfg.pi * (torch.randn(cfg.batchsize, dim, device=self.device) if cfg.device_noise
+                              else torch.randn(cfg.batchsize, dim).to(self.device))  # the reference: CPU generator
             mask = torch.empty(dim, device=self.device).uniform_() > cfg.dropout
             z, log_det = flow(x + mask * noise, cond)
             nll = torch.mean(z ** 2) / 2 - torch.mean(log_det) / dim

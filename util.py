@@ -463,7 +463,7 @@ class BlockedAdam(torch.optim.Adam):
     Supports Adam's default options only (no amsgrad, maximize, capturable, differentiable).
     """
 
-    def __init__(self, params, block: int = 1 << 18, **kw):
+    def __init__(self, params, block: int = 1 << 19, **kw):
         super().__init__(params, **kw)
         self.block = block
 
