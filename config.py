@@ -66,6 +66,14 @@ class Config:
     eval_only: str = ""               # CHECKPOINT: evaluate a saved flow, no training
     save_synthetic: str = ""          # FILE.npz | FILE.mat: write the synthetic unseen features of the final evaluation
 
+    # --- speed (README "Speed"); the defaults compute exactly the reference's numbers ---
+    synth_chunk: int = 8192           # rows per reverse pass when synthesising (bounds memory; same numbers)
+    keep_freed_memory: bool = True    # glibc keeps freed blocks instead of page-faulting them back (same numbers)
+    bf16: bool = False                # bf16 autocast for flow training, synthesis and classifiers (CPU and GPU)
+    tf32: bool = False                # TF32 matmuls on CUDA (no effect on CPU)
+    fused_adam: bool = False          # torch's fused Adam for the flow: faster, ~1 ulp from the reference's rounding
+    device_noise: bool = False        # draw perturbation and synthesis noise on the GPU's generator, not the CPU's (other numbers)
+
 
 # A short schedule for `--synthetic`: about two minutes on 2 CPU cores. Applied before
 # the command-line overrides, so `--synthetic --gen_nepoch=80` still works. The stand-in
@@ -90,7 +98,7 @@ CHOICES = {
 # Options that only steer a run, not its numbers: the only ones --resume accepts.
 RUN_CONTROL = ("device", "quiet", "disp_interval", "resume", "save_synthetic")
 POSITIVE = ("gen_nepoch", "batchsize", "num_coupling_layers", "hidden_dim", "input_dim", "nSample",
-            "evl_interval", "classifier_epochs", "classifier_batch", "lr_step", "disp_interval")
+            "evl_interval", "classifier_epochs", "classifier_batch", "lr_step", "disp_interval", "synth_chunk")
 NON_NEGATIVE = ("lr", "weight_decay", "classifier_lr", "prototype", "pi", "lr_gamma")
 
 
@@ -141,6 +149,8 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"option --seeds: expected comma-separated integers, got {cfg.seeds!r}") from None
     if sum(map(bool, (cfg.resume, cfg.eval_only, cfg.seeds))) > 1:
         raise ConfigError("options --resume, --eval_only and --seeds cannot be combined")
+    if cfg.synth_chunk < 32:
+        raise ConfigError(f"option --synth_chunk: must be >= 32 rows, got {cfg.synth_chunk}")
     if not 0.0 <= cfg.dropout < 1.0:
         raise ConfigError(f"option --dropout: must be in [0, 1), got {cfg.dropout}")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):

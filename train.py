@@ -62,11 +62,16 @@ class Evaluator:
         bar = progress_bar(None, cfg, desc="evaluation", unit="epoch", leave=False,
                            total=cfg.classifier_epochs * (2 if cfg.eval_zsl else 1))
         synthetic = self.features[self.n_train:]
-        util.synthesize_unseen(flow, rp, self.unseen_semantics, cfg.nSample, synthetic)
+        t0 = time.perf_counter()
+        util.synthesize_unseen(flow, rp, self.unseen_semantics, cfg.nSample, synthetic,
+                               cfg.synth_chunk, cfg.bf16, cfg.device_noise)
+        self.timing = {"synthesis": time.perf_counter() - t0}
         x_u, y_u = self.test_unseen
         gzsl = util.train_softmax(self.features, self.labels, data.n_seen + data.n_unseen,
                                   {"seen": self.test_seen, "unseen": (x_u, y_u + data.n_seen)},
-                                  cfg.classifier_lr, cfg.classifier_epochs, cfg.classifier_batch, bar.update)
+                                  cfg.classifier_lr, cfg.classifier_epochs, cfg.classifier_batch,
+                                  bf16=cfg.bf16, on_epoch=bar.update)
+        self.timing["gzsl_epochs"] = [h["seconds"] for h in gzsl]
         best = util.best_gzsl_epoch(gzsl)
         last = gzsl[-1]
         row = {"U": best["U"], "S": best["S"], "H": best["H"],
@@ -80,7 +85,9 @@ class Evaluator:
             with torch.random.fork_rng(devices=devices):
                 zsl = util.train_softmax(synthetic, self.labels[self.n_train:] - data.n_seen, data.n_unseen,
                                          {"unseen": self.test_unseen},
-                                         cfg.classifier_lr, cfg.classifier_epochs, cfg.classifier_batch, bar.update)
+                                         cfg.classifier_lr, cfg.classifier_epochs, cfg.classifier_batch,
+                                         bf16=cfg.bf16, on_epoch=bar.update)
+            self.timing["zsl_epochs"] = [h["seconds"] for h in zsl]
             row["T1"] = max([0.0] + [h["unseen"] for h in zsl])
             row["T1_last"] = zsl[-1]["unseen"]
             row["zsl_epochs"] = [h["unseen"] for h in zsl]
@@ -152,7 +159,7 @@ class Trainer:
         self.sampler = util.EpochPermutationSampler(n_train, cfg.batchsize)
         self.flow, self.rp = build_models(cfg, data, device)
         self.params = list(self.flow.parameters()) + list(self.rp.parameters())
-        self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = util.flow_optimizer(self.params, cfg.lr, cfg.weight_decay, device, cfg.fused_adam)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
         self.train_x = torch.from_numpy(data.train_feature).to(device)
         self.train_y = torch.from_numpy(data.train_label).to(device)
@@ -167,20 +174,25 @@ class Trainer:
     def step(self, it: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One iteration: NLL + prototype loss, one Adam step; returns both losses (tensors)."""
         cfg, flow, dim = self.cfg, self.flow, self.train_x.shape[1]
-        idx = torch.from_numpy(self.sampler.next()).to(self.device)
-        x, cond = self.train_x[idx], self.rp(self.seen_sem[self.train_y[idx]])
-        # Visual perturbation: N(0, pi^2) noise under one mask shared by the whole batch.
-        noise = cfg.pi * torch.randn(cfg.batchsize, dim).to(self.device)
-        mask = torch.empty(dim, device=self.device).uniform_() > cfg.dropout
-        z, log_det = flow(x + mask * noise, cond)
-        nll = torch.mean(z ** 2) / 2 - torch.mean(log_det) / dim
+        autocast = util.autocast(self.device, cfg.bf16)
+        idx = torch.from_numpy(self.sampler.next()).to(self.device)  # batches are index gathers on the device
+        with autocast:
+            x, cond = self.train_x[idx], self.rp(self.seen_sem[self.train_y[idx]])
+            # Visual perturbation: N(0, pi^2) noise under one mask shared by the whole batch.
+            noise = cfg.pi * (torch.randn(cfg.batchsize, dim, device=self.device) if cfg.device_noise
+                              else torch.randn(cfg.batchsize, dim).to(self.device))  # the reference: CPU generator
+            mask = torch.empty(dim, device=self.device).uniform_() > cfg.dropout
+            z, log_det = flow(x + mask * noise, cond)
+            nll = torch.mean(z ** 2) / 2 - torch.mean(log_det) / dim
         self.optimizer.zero_grad(set_to_none=True)
         nll.backward()
         proto = torch.zeros((), device=self.device)
         if cfg.prototype > 0:
-            with torch.no_grad():  # quirk: relative positioning gets no gradient from this term
+            with torch.no_grad(), autocast:  # quirk: relative positioning gets no gradient from this term
                 proto_cond = self.rp(self.seen_sem)
-            proto = cfg.prototype * torch.nn.functional.mse_loss(flow.reverse(self.proto_z, proto_cond), self.centroids)
+            with autocast:
+                x_proto = flow.reverse(self.proto_z, proto_cond)
+                proto = cfg.prototype * torch.nn.functional.mse_loss(x_proto, self.centroids)
             proto.backward()  # a second backward adds into .grad, in the reference's order
         self.optimizer.step()
         if it % self.iters_per_epoch == 0:
@@ -208,6 +220,13 @@ class Trainer:
         self.next_iteration = state["next_iteration"]
 
 
+def apply_speed_options(cfg: Config) -> None:
+    """Process-wide settings of the speed options (config.py): TF32 (CUDA only) and the allocator."""
+    torch.backends.cuda.matmul.fp32_precision = "tf32" if cfg.tf32 else "ieee"
+    if cfg.keep_freed_memory:
+        util.keep_freed_memory()
+
+
 def save_checkpoint(path: Path, cfg: Config, data: util.GZSLData, trainer: Trainer, rows: list[dict],
                     full: bool) -> None:
     """last.pt holds the whole training state; best.pt only the weights (for --eval_only)."""
@@ -233,6 +252,7 @@ def run(cfg: Config, resume_dir: Path | None = None) -> dict:
     if cfg.save_synthetic and Path(cfg.save_synthetic).exists():
         raise ConfigError(f"option --save_synthetic: {cfg.save_synthetic} exists; not overwriting it")
     state = util.load_checkpoint(resume_dir / "last.pt", data) if resume_dir else None
+    apply_speed_options(cfg)
     if state is None:
         util.set_seeds(cfg.manualSeed)
         run_dir = util.make_run_dir(cfg.out_dir, cfg.dataset)
@@ -349,6 +369,7 @@ def eval_only(cfg: Config) -> dict:
     if cfg.save_synthetic and Path(cfg.save_synthetic).exists():
         raise ConfigError(f"option --save_synthetic: {cfg.save_synthetic} exists; not overwriting it")
     cfg = dataclasses.replace(cfg, **{k: ckpt["config"][k] for k in ARCHITECTURE})  # build what was trained
+    apply_speed_options(cfg)
     util.set_seeds(cfg.manualSeed)
     flow, rp = build_models(cfg, data, device)
     weights = ckpt.get("trainer", ckpt)

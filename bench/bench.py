@@ -1,0 +1,437 @@
+"""Speed and memory of the GSMFlow protocol at AWA2 shapes, each against a bound measured in the same process.
+
+    python bench/bench.py                 # AWA2 sizes (several minutes on 2 CPU cores)
+    python bench/bench.py --quick         # smaller synthesis/classifier sizes (about a minute)
+    python bench/bench.py --device=cuda   # default: cuda when available, else cpu
+    python bench/bench.py --out=FILE.json # default: bench/results-<device>[-quick].json
+
+Each stage runs in a fresh child process, so its peak RSS is its own, and measures its
+bound there: the stage's matrix products (recorded from the real calls: shapes, strides,
+dtypes) replayed as plain `torch.mm`, plus the bytes it must move at the bandwidth of a
+large tensor copy. Timings and bounds are interleaved over several rounds; the table shows
+the best round of each (the least disturbed on a shared machine); the JSON keeps all.
+See bench/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import train  # noqa: E402
+import util  # noqa: E402
+from config import Config  # noqa: E402
+from models import ConditionalFlow, RelativePositioning  # noqa: E402
+
+# AWA2 (SPEC.md): 23,527 trainval / 5,882 test-seen / 7,913 test-unseen rows; 40 + 10 classes; 85-d attributes.
+AWA2 = dict(n_train=23527, n_test_seen=5882, n_test_unseen=7913, seen=40, unseen=10, att_dim=85, dim=2048)
+# The faithful AWA2 protocol: floor(23527/256) * 500 iterations, evaluations at 30500..45500 step 500.
+PROTOCOL = dict(iterations=45500, evaluations=31, n_sample=50000, classifier_epochs=30)
+# H200 figures for the projection (given in the issue; not measured here).
+H200 = dict(fp32=67e12, tf32=495e12, bf16=790e12, copy_bytes_per_s=4.3e12)
+EAGER_OP_SECONDS = 5e-6  # assumed host cost of one eager PyTorch op on a GPU (dispatch + launch)
+RESULT_TAG = "BENCH_RESULT "
+
+
+# ----------------------------------------------------------------------------- measuring
+
+class MatmulRecorder(TorchDispatchMode):
+    """Records every matrix product (mm / addmm, incl. those autograd runs) and counts all ops."""
+    MATMULS = {torch.ops.aten.mm.default: (0, 1), torch.ops.aten.addmm.default: (1, 2)}
+
+    def __init__(self):
+        super().__init__()
+        self.matmuls, self.ops = [], 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        if func in self.MATMULS:
+            i, j = self.MATMULS[func]
+            a, b = args[i], args[j]
+            self.matmuls.append((tuple(a.shape), a.stride(), tuple(b.shape), b.stride(), str(a.dtype)))
+        elif "mm" in func.__name__ or "linear" in func.__name__ or "matmul" in func.__name__:
+            raise RuntimeError(f"unrecorded matrix product {func}: add it to MatmulRecorder")
+        return func(*args, **(kwargs or {}))
+
+    def flops(self) -> int:
+        return sum(2 * a[0] * a[1] * b[1] for a, _, b, _, _ in self.matmuls)
+
+
+def record(fn):
+    with MatmulRecorder() as rec:
+        fn()
+    return rec
+
+
+def strided(shape, stride, dtype, device):
+    """A tensor with exactly this shape and stride (e.g. a transposed weight)."""
+    size = 1 + sum((n - 1) * s for n, s in zip(shape, stride))
+    return torch.randn(size, device=device).to(getattr(torch, dtype.split(".")[1])).as_strided(shape, stride)
+
+
+class Replay:
+    """The recorded products as plain torch.mm calls on tensors of the same shapes and strides."""
+
+    def __init__(self, matmuls, device, repeat: int = 1):
+        self.device, self.repeat = device, repeat
+        cache = {}
+        self.calls = []
+        for sa, ta, sb, tb, dt in matmuls:
+            for key in ((sa, ta, dt), (sb, tb, dt)):
+                if key not in cache:
+                    cache[key] = strided(*key, device)
+            self.calls.append((cache[(sa, ta, dt)], cache[(sb, tb, dt)]))
+
+    def __call__(self):
+        for _ in range(self.repeat):
+            for a, b in self.calls:
+                torch.mm(a, b)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def copy_bandwidth(device, mib: int = 512) -> float:
+    """Bytes read + written per second by a large tensor copy (best of 5)."""
+    src = torch.randn(mib * 2 ** 18, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    return 2 * src.numel() * 4 / min(timed(lambda: dst.copy_(src), device) for _ in range(5))
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def peak_device_bytes(device) -> int | None:
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def fake_awa2(n_train=AWA2["n_train"], seed=0) -> util.GZSLData:
+    """Random data with AWA2's shapes (values are irrelevant to speed)."""
+    r = np.random.default_rng(seed)
+    S, U, D = AWA2["seen"], AWA2["unseen"], AWA2["dim"]
+    sem = np.abs(r.standard_normal((S + U, AWA2["att_dim"]))).astype(np.float32)
+    sem /= np.linalg.norm(sem, axis=1, keepdims=True)
+    feats = lambda n: np.abs(r.standard_normal((n, D), dtype=np.float32))
+    return util.GZSLData("AWA2", "xlsa17", feats(n_train), np.arange(n_train) % S,
+                         feats(AWA2["n_test_seen"]), np.arange(AWA2["n_test_seen"]) % S,
+                         feats(AWA2["n_test_unseen"]), np.arange(AWA2["n_test_unseen"]) % U,
+                         sem[:S], sem[S:], source="random AWA2-shaped arrays")
+
+
+def variants(device, names):
+    """Config overrides of each precision variant that applies on `device`."""
+    table = {"fp32": {}, "fused_adam": {"fused_adam": True}, "bf16": {"bf16": True}, "tf32": {"tf32": True}}
+    return {n: table[n] for n in names if n != "tf32" or device.type == "cuda"}
+
+
+def awa2_config(device, **kw) -> Config:
+    return Config(dataset="AWA2", device=str(device), **kw)  # the AWA2 reference settings are the defaults
+
+
+# ----------------------------------------------------------------------------- stages (children)
+
+def stage_train(args, device) -> dict:
+    """One flow-training iteration (Trainer.step) per precision variant, and the Adam step alone."""
+    data = fake_awa2()
+    bw_samples, out = [], {}
+    trainers = {}
+    for name, opts in variants(device, args.variants).items():
+        cfg = awa2_config(device, **opts)
+        train.apply_speed_options(cfg)
+        util.set_seeds(cfg.manualSeed)
+        tr = train.Trainer(cfg, data, device)
+        for it in (1, 2):
+            tr.step(it)  # warm-up (allocations, first-touch)
+        rec = record(lambda: tr.step(3))
+        t_randn = min(timed(lambda: torch.randn(cfg.batchsize, AWA2["dim"]), torch.device("cpu")) for _ in range(5))
+        n_params = sum(p.numel() for p in tr.params)
+        trainers[name] = (cfg, tr, rec, Replay(rec.matmuls, device))
+        out[name] = dict(flops=rec.flops(), ops=rec.ops, matmuls=len(rec.matmuls), params=n_params,
+                         optimizer_bytes=7 * 4 * n_params,  # read param, grad, m, v; write param, m, v (fp32)
+                         host_randn_seconds=t_randn, step=[], mm=[], adam=[])
+    steps = 2 if args.quick else 3
+    for _ in range(args.rounds):
+        bw_samples.append(copy_bandwidth(device))
+        for name, (cfg, tr, rec, replay) in trainers.items():
+            train.apply_speed_options(cfg)
+            out[name]["step"].append(timed(lambda: [tr.step(4) for _ in range(steps)], device) / steps)
+            out[name]["mm"].append(timed(replay, device))
+            out[name]["adam"].append(timed(tr.optimizer.step, device))
+    bw = max(bw_samples)
+    for name, r in out.items():
+        r["copy_bytes_per_s"] = bw
+        r["time"] = min(r["step"])
+        r["bound"] = min(r["mm"]) + r["optimizer_bytes"] / bw
+        r["adam_time"], r["adam_bound"] = min(r["adam"]), r["optimizer_bytes"] / bw
+    return out
+
+
+def stage_synth(args, device) -> dict:
+    """util.synthesize_unseen over all unseen classes, per precision variant."""
+    torch.manual_seed(0)
+    data = fake_awa2(n_train=1000)
+    anchors = torch.from_numpy(data.seen_semantics[util.relative_positioning_anchors(data.seen_semantics)])
+    flow = ConditionalFlow(AWA2["dim"], 1024, 3, 2048).to(device).eval()
+    rp = RelativePositioning(anchors, 1024).to(device).eval()
+    sem = torch.from_numpy(data.unseen_semantics).to(device)
+    n = args.synth_rows_per_class
+    buf = torch.empty(AWA2["unseen"] * n, AWA2["dim"], device=device)
+    out, runs = {}, {}
+    for name, opts in variants(device, [v for v in args.variants if v != "fused_adam"]).items():
+        cfg = awa2_config(device, **opts)
+        train.apply_speed_options(cfg)
+        synth = lambda cfg=cfg: util.synthesize_unseen(flow, rp, sem, n, buf, cfg.synth_chunk, cfg.bf16, cfg.device_noise)
+        rec = record(synth)  # also the warm-up
+        runs[name] = (cfg, synth, Replay(rec.matmuls, device))
+        out[name] = dict(rows=buf.shape[0], chunk=cfg.synth_chunk, flops=rec.flops(), ops=rec.ops, time_s=[], mm=[])
+    cpu_z = torch.empty(50000, AWA2["dim"])
+    randn_rate = cpu_z.numel() / min(timed(cpu_z.normal_, torch.device("cpu")) for _ in range(2))
+    for _ in range(args.rounds):
+        for name, (cfg, synth, replay) in runs.items():
+            train.apply_speed_options(cfg)
+            out[name]["time_s"].append(timed(synth, device))
+            out[name]["mm"].append(timed(replay, device))
+    for r in out.values():
+        r["time"], r["bound"] = min(r["time_s"]), min(r["mm"])
+        r["rows_per_s"] = r["rows"] / r["time"]
+        r["host_randn_per_s"] = randn_rate
+    return out
+
+
+def stage_eval(args, device) -> dict:
+    """One AWA2 evaluation as a run does it (Evaluator), next to a trained-state Trainer.
+
+    The flow Trainer (weights, gradients, Adam moments) is alive as in a real run, so the
+    peak RSS is that of a run at evaluation time. Classifier epochs: `--eval_epochs` of the
+    protocol's 30, timed one by one.
+    """
+    data = fake_awa2()
+    cfg = awa2_config(device, nSample=args.n_sample, classifier_epochs=args.eval_epochs)
+    train.apply_speed_options(cfg)
+    util.set_seeds(cfg.manualSeed)
+    trainer = train.Trainer(cfg, data, device)
+    trainer.step(1)
+    evaluator = train.Evaluator(cfg, data, device)
+    rss_before = peak_rss_bytes()
+    t0 = time.perf_counter()
+    evaluator(trainer.flow, trainer.rp)
+    sync(device)
+    wall = time.perf_counter() - t0
+    rss = peak_rss_bytes()
+    dev_peak = peak_device_bytes(device)
+    timing = evaluator.timing
+    # Bound of one classifier epoch: its recorded products, plus the gathered batches
+    # (read + write of every batch's rows) at copy bandwidth.
+    n_syn = data.n_unseen * cfg.nSample
+    feats, labels = evaluator.features, evaluator.labels
+    test = {"seen": evaluator.test_seen, "unseen": (evaluator.test_unseen[0], evaluator.test_unseen[1] + data.n_seen)}
+    epochs = {
+        "gzsl": lambda: util.train_softmax(feats, labels, data.n_seen + data.n_unseen, test, cfg.classifier_lr, 1,
+                                           cfg.classifier_batch),
+        "zsl": lambda: util.train_softmax(feats[-n_syn:], labels[-n_syn:] - data.n_seen, data.n_unseen,
+                                          {"unseen": evaluator.test_unseen}, cfg.classifier_lr, 1, cfg.classifier_batch),
+    }
+    out = dict(n_rows=feats.shape[0], n_synthetic=n_syn, epochs_run=cfg.classifier_epochs, wall=wall,
+               synthesis=timing["synthesis"], peak_rss=rss, peak_rss_before_eval=rss_before, peak_device=dev_peak)
+    bw = max(copy_bandwidth(device) for _ in range(2))
+    for kind, fn in epochs.items():
+        rec = record(fn)
+        replay = Replay(rec.matmuls, device)
+        n_rows = feats.shape[0] if kind == "gzsl" else n_syn
+        gathered = 2 * math.ceil(n_rows / cfg.classifier_batch) * cfg.classifier_batch * AWA2["dim"] * 4
+        mm = min(timed(replay, device) for _ in range(3))
+        times = timing[f"{kind}_epochs"]
+        out[kind] = dict(rows=n_rows, epoch_times=times, time=min(times), flops=rec.flops(), ops=rec.ops,
+                         gathered_bytes=gathered, mm=mm, copy_bytes_per_s=bw, bound=mm + gathered / bw)
+    return out
+
+
+STAGES = {"train": stage_train, "synth": stage_synth, "eval": stage_eval}
+
+
+# ----------------------------------------------------------------------------- parent: table, projection
+
+def gib(b):
+    return f"{b / 2 ** 30:.2f} GiB" if b else "-"
+
+
+def rows_of(res: dict) -> list[dict]:
+    """The table: one row per figure."""
+    rows = []
+    tr, sy, ev = res.get("train", {}), res.get("synth", {}), res.get("eval", {})
+    for name, r in tr.items():
+        rows.append(dict(figure=f"flow training iteration ({name})", time=r["time"], bound=r["bound"],
+                         rss=r["peak_rss"], note=f"{r['flops'] / 1e9:.1f} GFLOP + Adam {r['optimizer_bytes'] / 1e9:.2f} GB"))
+    for name, r in tr.items():
+        if name in ("fp32", "fused_adam"):
+            rows.append(dict(figure=f"  of which Adam step ({name})", time=r["adam_time"], bound=r["adam_bound"],
+                             rss=None, note=f"{r['params'] / 1e6:.1f} M params at copy bandwidth"))
+    for name, r in sy.items():
+        rows.append(dict(figure=f"synthesis, {r['rows']:,} rows ({name})", time=r["time"], bound=r["bound"],
+                         rss=r["peak_rss"], note=f"{r['rows_per_s']:,.0f} rows/s, chunk {r['chunk']}"))
+    if ev:
+        for kind in ("gzsl", "zsl"):
+            e = ev[kind]
+            rows.append(dict(figure=f"classifier epoch, {kind.upper()} ({e['rows']:,} rows)", time=e["time"],
+                             bound=e["bound"], rss=None,
+                             note=f"{e['flops'] / 1e9:.0f} GFLOP + {e['gathered_bytes'] / 1e9:.1f} GB gathered"))
+        per_eval = ev["synthesis"] + PROTOCOL["classifier_epochs"] * (ev["gzsl"]["time"] + ev["zsl"]["time"])
+        rows.append(dict(figure=f"evaluation ({ev['n_synthetic']:,} synthetic + {ev['n_rows'] - ev['n_synthetic']:,} real rows)",
+                         time=ev["wall"], bound=None, rss=ev["peak_rss"],
+                         note=f"{ev['epochs_run']} epochs each; with 30: {per_eval:.0f} s"))
+    return rows
+
+
+def projection(res: dict) -> dict:
+    """Full faithful AWA2 protocol: measured here (per-unit times x counts) and on an H200 (FLOPs / peak rates)."""
+    tr, sy, ev = res["train"]["fp32"], res["synth"]["fp32"], res["eval"]
+    P = PROTOCOL
+    syn_rows = AWA2["unseen"] * P["n_sample"] * P["evaluations"]
+    syn_flop_per_row = sy["flops"] / sy["rows"]
+    scale_gzsl = (AWA2["n_train"] + AWA2["unseen"] * P["n_sample"]) / ev["gzsl"]["rows"]
+    scale_zsl = AWA2["unseen"] * P["n_sample"] / ev["zsl"]["rows"]
+    epochs = P["evaluations"] * P["classifier_epochs"]
+    here = {"flow training": P["iterations"] * tr["time"],
+            "synthesis": syn_rows / sy["rows_per_s"],
+            "classifier": epochs * (scale_gzsl * ev["gzsl"]["time"] + scale_zsl * ev["zsl"]["time"])}
+    flops = {"flow training": P["iterations"] * tr["flops"],
+             "synthesis": syn_rows * syn_flop_per_row,
+             "classifier": epochs * (scale_gzsl * ev["gzsl"]["flops"] + scale_zsl * ev["zsl"]["flops"])}
+    moved = {"flow training": P["iterations"] * tr["optimizer_bytes"], "synthesis": 0.0,
+             "classifier": epochs * (scale_gzsl * ev["gzsl"]["gathered_bytes"] + scale_zsl * ev["zsl"]["gathered_bytes"])}
+    # Host work that the faithful default does on the CPU even with a GPU: torch's CPU
+    # generator draws the perturbation noise and the synthesis z; every op is launched eagerly.
+    host = {"flow training": P["iterations"] * (tr["host_randn_seconds"] + tr["ops"] * EAGER_OP_SECONDS),
+            "synthesis": syn_rows * AWA2["dim"] / sy["host_randn_per_s"],
+            "classifier": epochs * (scale_gzsl * ev["gzsl"]["ops"] + scale_zsl * ev["zsl"]["ops"]) * EAGER_OP_SECONDS}
+    gpu = {}
+    for prec in ("fp32", "tf32", "bf16"):
+        device = {k: flops[k] / H200[prec] + moved[k] / H200["copy_bytes_per_s"] for k in flops}
+        gpu[prec] = {k: max(device[k], host[k]) for k in flops}
+        gpu[prec]["device-only"] = sum(device.values())
+    return dict(here_seconds=here, flops=flops, bytes=moved, host_seconds=host, h200_seconds=gpu,
+                assumptions=dict(H200=H200, eager_op_seconds=EAGER_OP_SECONDS, **P))
+
+
+def print_report(res: dict, rows: list[dict], proj: dict | None, env: dict) -> None:
+    print(f"\n{env['device_name']}; torch {env['torch']}, {env['threads']} threads; "
+          f"{'quick' if env['quick'] else 'full'} sizes")
+    print(f"{'figure':58s} {'time':>10s} {'bound':>10s} {'ratio':>6s} {'peak RSS':>10s}  note")
+    for r in rows:
+        ratio = f"{r['time'] / r['bound']:.2f}" if r.get("bound") else "-"
+        bound = f"{r['bound']:.3f} s" if r.get("bound") else "-"
+        print(f"{r['figure']:58s} {r['time']:8.3f} s {bound:>10s} {ratio:>6s} {gib(r['rss']):>10s}  {r['note']}")
+    if "fp32" in res.get("train", {}):
+        base = res["train"]["fp32"]["time"]
+        ups = [f"{n} x{base / r['time']:.2f}" for n, r in res["train"].items() if n != "fp32"]
+        if "synth" in res and "bf16" in res["synth"]:
+            ups.append(f"synthesis bf16 x{res['synth']['fp32']['time'] / res['synth']['bf16']['time']:.2f}")
+        print("speed-up over fp32: " + ", ".join(ups))
+    if proj:
+        h = proj["here_seconds"]
+        print(f"\nfull faithful AWA2 protocol ({PROTOCOL['iterations']:,} iterations, {PROTOCOL['evaluations']} evaluations "
+              f"of {AWA2['unseen'] * PROTOCOL['n_sample']:,} synthetic rows, 30+30 classifier epochs each)")
+        print(f"  here, from the measured unit times: " + ", ".join(f"{k} {v / 3600:.1f} h" for k, v in h.items())
+              + f"; total {sum(h.values()) / 3600:.1f} h")
+        print(f"  PROJECTION for one H200 (FLOPs and bytes counted here / peak rates; each part at least its host "
+              f"time: CPU-drawn noise + {EAGER_OP_SECONDS * 1e6:.0f} us per eager op):")
+        for prec, g in proj["h200_seconds"].items():
+            parts = {k: v for k, v in g.items() if k != "device-only"}
+            print(f"    {prec}: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in parts.items())
+                  + f"; total {sum(parts.values()) / 60:.1f} min (device work alone {g['device-only'] / 60:.1f} min)")
+
+
+def environment(device, quick) -> dict:
+    name = platform.processor()
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name"):
+                name = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device) + f" (host: {name})"
+    return dict(device=str(device), device_name=f"{name}, {os.cpu_count()} cores" if device.type == "cpu" else name,
+                torch=torch.__version__, threads=torch.get_num_threads(), quick=quick, python=platform.python_version())
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smaller synthesis/classifier sizes (~1 minute)")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    ap.add_argument("--out", default=None, help="JSON output (default bench/results-<device>[-quick].json)")
+    ap.add_argument("--stages", default="train,synth,eval")
+    ap.add_argument("--variants", default="fp32,fused_adam,bf16,tf32", help="precision variants (tf32: CUDA only)")
+    ap.add_argument("--rounds", type=int, default=None, help="timing rounds (default 3, quick 2)")
+    ap.add_argument("--n_sample", type=int, default=None, help="synthetic rows per unseen class in the evaluation")
+    ap.add_argument("--eval_epochs", type=int, default=None, help="classifier epochs run in the evaluation (of 30)")
+    ap.add_argument("--synth_rows_per_class", type=int, default=None)
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    args.variants = args.variants.split(",")
+    defaults = dict(rounds=(2, 3), n_sample=(2000, 50000), eval_epochs=(2, 3), synth_rows_per_class=(300, 2500))
+    for k, (quick, full) in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, quick if args.quick else full)
+    device = util.resolve_device(args.device)
+
+    if args.child:  # one stage in this fresh process
+        result = STAGES[args.child](args, device)
+        for r in ([result] if args.child == "eval" else result.values()):
+            r.setdefault("peak_rss", peak_rss_bytes())
+        print(RESULT_TAG + json.dumps(result), flush=True)
+        return result
+
+    env = environment(device, args.quick)
+    res = {}
+    passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--stages")]
+    for stage in args.stages.split(","):
+        t0 = time.time()
+        print(f"[{stage}] running in a child process ...", flush=True)
+        proc = subprocess.run([sys.executable, __file__, f"--child={stage}", *passthrough],
+                              capture_output=True, text=True, cwd=ROOT)
+        lines = [l for l in proc.stdout.splitlines() if l.startswith(RESULT_TAG)]
+        if proc.returncode or not lines:
+            sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+            raise SystemExit(f"stage {stage} failed (exit {proc.returncode})")
+        res[stage] = json.loads(lines[-1][len(RESULT_TAG):])
+        print(f"[{stage}] done in {time.time() - t0:.0f} s", flush=True)
+    rows = rows_of(res)
+    proj = projection(res) if {"train", "synth", "eval"} <= set(res) and "fp32" in res["train"] else None
+    print_report(res, rows, proj, env)
+    out = Path(args.out) if args.out else ROOT / "bench" / f"results-{device.type}{'-quick' if args.quick else ''}.json"
+    out.write_text(json.dumps(dict(environment=env, args=vars(args), table=rows, projection=proj, stages=res), indent=1) + "\n")
+    print(f"\nwritten: {out}")
+    return res
+
+
+if __name__ == "__main__":
+    main()
