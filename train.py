@@ -177,7 +177,7 @@ class Trainer:
         autocast = util.autocast(self.device, cfg.bf16)
         idx = torch.from_numpy(self.sampler.next()).to(self.device)  # batches are index gathers on the device
         with autocast:
-            x, cond = self.train_x[idx], self.rp(self.seen_sem[self.train_y[idx]])
+            x, cond = self.train_x.index_select(0, idx), self.rp(self.seen_sem[self.train_y[idx]])
             # Visual perturbation: N(0, pi^2) noise under one mask shared by the whole batch.
             noise = cfg.pi * (torch.randn(cfg.batchsize, dim, device=self.device) if cfg.device_noise
                               else torch.randn(cfg.batchsize, dim).to(self.device))  # the reference: CPU generator
@@ -195,6 +195,7 @@ class Trainer:
                 proto = cfg.prototype * torch.nn.functional.mse_loss(x_proto, self.centroids)
             proto.backward()  # a second backward adds into .grad, in the reference's order
         self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)  # not needed until the next backward: free them for evaluations
         if it % self.iters_per_epoch == 0:
             self.scheduler.step()
         self.next_iteration = it + 1

@@ -391,7 +391,7 @@ def autocast(device: torch.device, bf16: bool):
 
 @torch.no_grad()
 def synthesize_unseen(flow, rp, semantics: torch.Tensor, n_per_class: int, out: torch.Tensor,
-                      chunk: int = 8192, bf16: bool = False, device_noise: bool = False) -> torch.Tensor:
+                      chunk: int = 4096, bf16: bool = False, device_noise: bool = False) -> torch.Tensor:
     """Fill `out` (U * n_per_class rows) with synthetic features; rows [i*n, (i+1)*n) are unseen class i.
 
     The numbers are the reference's: for each class in turn z = randn(n_per_class, D) on the
@@ -482,7 +482,8 @@ def train_softmax(features: torch.Tensor, labels: torch.Tensor, n_classes: int, 
             idx = batches.next()
             optimizer.zero_grad(set_to_none=True)
             with autocast(device, bf16):
-                loss = torch.nn.functional.nll_loss(model(features[idx]), labels[idx])
+                # index_select copies whole rows; features[idx] gathers element by element (3x slower on CPU)
+                loss = torch.nn.functional.nll_loss(model(features.index_select(0, idx)), labels[idx])
             loss.backward()
             optimizer.step()
         model.eval()

@@ -168,9 +168,8 @@ def stage_train(args, device) -> dict:
         train.apply_speed_options(cfg)
         util.set_seeds(cfg.manualSeed)
         tr = train.Trainer(cfg, data, device)
-        for it in (1, 2):
-            tr.step(it)  # warm-up (allocations, first-touch)
-        rec = record(lambda: tr.step(3))
+        tr.step(1)  # warm-up (allocations, first touch)
+        rec = record(lambda: tr.step(2))
         t_randn = min(timed(lambda: torch.randn(cfg.batchsize, AWA2["dim"]), torch.device("cpu")) for _ in range(5))
         n_params = sum(p.numel() for p in tr.params)
         trainers[name] = (cfg, tr, rec, Replay(rec.matmuls, device))
@@ -397,7 +396,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.variants = args.variants.split(",")
-    defaults = dict(rounds=(2, 3), n_sample=(2000, 50000), eval_epochs=(2, 3), synth_rows_per_class=(300, 2500))
+    defaults = dict(rounds=(2, 3), n_sample=(1000, 50000), eval_epochs=(2, 3), synth_rows_per_class=(200, 2500))
     for k, (quick, full) in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, quick if args.quick else full)
