@@ -358,6 +358,11 @@ def resume(defaults: Config, argv: list[str]) -> dict:
     if changed:
         raise ConfigError(f"option --{changed[0]} cannot change when resuming (only {', '.join(RUN_CONTROL)} can)")
     cfg = validate(Config(**{**saved, **{k: v for k, v in updates.items() if k != "resume"}}))
+    if not (run_dir / "last.pt").is_file():
+        raise util.DataError(f"{run_dir / 'last.pt'}: no checkpoint yet (the run stopped before its first "
+                             f"evaluation's checkpoint was written); start the run again")
+    for stale in run_dir.glob(".*.tmp*"):  # a checkpoint write the killed process never finished
+        stale.unlink()
     return run(cfg, resume_dir=run_dir)
 
 

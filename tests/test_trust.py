@@ -215,3 +215,15 @@ def test_plot_command_writes_curves_and_tsne_from_the_run_dir_alone(apy, tmp_pat
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     bad = subprocess.run([sys.executable, str(ROOT / "plot.py"), str(tmp_path)], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "not a run directory" in bad.stderr
+
+
+def test_resume_before_any_checkpoint_says_so_and_stale_temp_files_are_removed(apy, tmp_path):
+    cfg = tiny_config(apy, tmp_path, gen_nepoch=10, eval_start=29, evl_interval=30, eval_zsl=False)
+    run_dir = tmp_path / train.run(cfg)["run_dir"]
+    (run_dir / "last.pt").rename(run_dir / ".last.pt.tmp123")  # as if killed mid-write of the first one
+    with pytest.raises(util.DataError, match="last.pt: no checkpoint yet"):
+        train.resume(cfg, [f"--resume={run_dir}"])
+    (run_dir / ".last.pt.tmp123").rename(run_dir / "last.pt")
+    (run_dir / ".last.pt.tmp999").write_bytes(b"partial")
+    train.resume(cfg, [f"--resume={run_dir}"])
+    assert not list(run_dir.glob(".*.tmp*"))
