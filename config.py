@@ -57,7 +57,7 @@ class Config:
     disp_interval: int = 200          # log the losses every this many iterations
 
     # --- speed (README "Speed"); the defaults compute exactly the reference's numbers ---
-    synth_chunk: int = 4096           # rows per reverse pass when synthesising (bounds memory; same numbers)
+    synth_chunk: int = 2048           # rows per reverse pass when synthesising (bounds memory; same numbers)
     keep_freed_memory: bool = True    # glibc keeps freed blocks instead of page-faulting them back (same numbers)
     bf16: bool = False                # bf16 autocast for flow training, synthesis and classifiers (CPU and GPU)
     tf32: bool = False                # TF32 matmuls on CUDA (no effect on CPU)

@@ -53,6 +53,7 @@ class Evaluator:
         cfg, data = self.cfg, self.data
         flow.eval(), rp.eval()
         synthetic = self.features[self.n_train:]
+        util.release_free_memory()  # the training step's freed blocks: room for the synthetic rows
         t0 = time.perf_counter()
         util.synthesize_unseen(flow, rp, self.unseen_semantics, cfg.nSample, synthetic,
                                cfg.synth_chunk, cfg.bf16, cfg.device_noise)
