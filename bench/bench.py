@@ -288,7 +288,7 @@ def stage_eval(args, device) -> dict:
             r.setdefault("timed_epochs", []).append(fn()[0]["seconds"])
             r["mm"].append(timed(replays[kind], device))
             r.setdefault("copy_bytes_per_s", []).append(copy_bandwidth(device))
-    for r in out.values():
+    for r in (out[kind] for kind in epochs):
         r.update(summarize(r["timed_epochs"], [mm + r["gathered_bytes"] / bw for mm, bw in zip(r["mm"], r["copy_bytes_per_s"])]))
     return out
 
@@ -431,6 +431,7 @@ def main(argv=None) -> dict:
         return result
 
     env = environment(device, args.quick)
+    out = Path(args.out) if args.out else ROOT / "bench" / f"results-{device.type}{'-quick' if args.quick else ''}.json"
     res = {}
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--stages")]
     for stage in args.stages.split(","):
@@ -444,10 +445,10 @@ def main(argv=None) -> dict:
             raise SystemExit(f"stage {stage} failed (exit {proc.returncode})")
         res[stage] = json.loads(lines[-1][len(RESULT_TAG):])
         print(f"[{stage}] done in {time.time() - t0:.0f} s", flush=True)
+        out.write_text(json.dumps(dict(environment=env, args=vars(args), stages=res), indent=1) + "\n")  # so far
     rows = rows_of(res)
     proj = projection(res) if {"train", "synth", "eval"} <= set(res) and "fp32" in res["train"] else None
     print_report(res, rows, proj, env)
-    out = Path(args.out) if args.out else ROOT / "bench" / f"results-{device.type}{'-quick' if args.quick else ''}.json"
     out.write_text(json.dumps(dict(environment=env, args=vars(args), table=rows, projection=proj, stages=res), indent=1) + "\n")
     print(f"\nwritten: {out}")
     return res
