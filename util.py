@@ -418,7 +418,8 @@ def train_softmax(features: torch.Tensor, labels: torch.Tensor, n_classes: int, 
     from models import SoftmaxClassifier
     device = features.device
     model = SoftmaxClassifier(features.shape[1], n_classes).to(device)  # built on CPU: same RNG draws as the reference
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.5, 0.999))
+    # foreach: the same numbers as the default per-tensor loop (tested), in half the op launches
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.5, 0.999), foreach=True)
     batches = ReferenceBatches(features.shape[0], batch_size, device)
     test_labels = {k: y.cpu().numpy() for k, (_, y) in tests.items()}
     history = []
