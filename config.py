@@ -67,7 +67,7 @@ class Config:
     save_synthetic: str = ""          # FILE.npz | FILE.mat: write the synthetic unseen features of the final evaluation
 
     # --- speed (README "Speed"); the defaults compute exactly the reference's numbers ---
-    synth_chunk: int = 4096           # rows per reverse pass when synthesising (bounds memory; same numbers)
+    synth_chunk: int = 2048           # rows per reverse pass when synthesising (bounds memory; same numbers)
     keep_freed_memory: bool = True    # glibc keeps freed blocks instead of page-faulting them back (same numbers)
     bf16: bool = False                # bf16 autocast for flow training, synthesis and classifiers (CPU and GPU)
     tf32: bool = False                # TF32 matmuls on CUDA (no effect on CPU)

@@ -62,6 +62,7 @@ class Evaluator:
         bar = progress_bar(None, cfg, desc="evaluation", unit="epoch", leave=False,
                            total=cfg.classifier_epochs * (2 if cfg.eval_zsl else 1))
         synthetic = self.features[self.n_train:]
+        util.release_free_memory()  # the training step's freed blocks: room for the synthetic rows
         t0 = time.perf_counter()
         util.synthesize_unseen(flow, rp, self.unseen_semantics, cfg.nSample, synthetic,
                                cfg.synth_chunk, cfg.bf16, cfg.device_noise)

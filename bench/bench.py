@@ -8,8 +8,8 @@
 Each stage runs in a fresh child process, so its peak RSS is its own, and measures its
 bound there: the stage's matrix products (recorded from the real calls: shapes, strides,
 dtypes) replayed as plain `torch.mm`, plus the bytes it must move at the bandwidth of a
-large tensor copy. Timings and bounds are interleaved over several rounds; the table shows
-the best round of each (the least disturbed on a shared machine); the JSON keeps all.
+large tensor copy. Each round times the stage and, right after, its bound; the table shows the
+medians over rounds and the median of the per-round ratios; the JSON keeps every sample.
 See bench/README.md.
 """
 from __future__ import annotations
@@ -123,6 +123,13 @@ def copy_bandwidth(device, mib: int = 512) -> float:
     return 2 * src.numel() * 4 / min(timed(lambda: dst.copy_(src), device) for _ in range(5))
 
 
+def summarize(times, bounds) -> dict:
+    """Median time, median bound, and the median over rounds of time / bound (each round's two
+    measurements are adjacent, so slow drifts of a shared machine's speed cancel)."""
+    med = lambda v: float(np.median(v))
+    return dict(time=med(times), bound=med(bounds), ratio=med([t / b for t, b in zip(times, bounds)]))
+
+
 def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
@@ -170,7 +177,7 @@ def timed_adam(trainer, device) -> float:
 def stage_train(args, device) -> dict:
     """One flow-training iteration (Trainer.step) per precision variant, and the Adam step alone."""
     data = fake_awa2()
-    bw_samples, out = [], {}
+    out = {}
     trainers = {}
     for name, opts in variants(device, args.variants).items():
         cfg = awa2_config(device, **opts)
@@ -187,18 +194,17 @@ def stage_train(args, device) -> dict:
                          host_randn_seconds=t_randn, step=[], mm=[], adam=[])
     steps = 2 if args.quick else 3
     for _ in range(args.rounds):
-        bw_samples.append(copy_bandwidth(device))
         for name, (cfg, tr, rec, replay) in trainers.items():
+            r = out[name]
             train.apply_speed_options(cfg)
-            out[name]["step"].append(timed(lambda: [tr.step(4) for _ in range(steps)], device) / steps)
-            out[name]["mm"].append(timed(replay, device))
-            out[name]["adam"].append(timed_adam(tr, device))
-    bw = max(bw_samples)
-    for name, r in out.items():
-        r["copy_bytes_per_s"] = bw
-        r["time"] = min(r["step"])
-        r["bound"] = min(r["mm"]) + r["optimizer_bytes"] / bw
-        r["adam_time"], r["adam_bound"] = min(r["adam"]), r["optimizer_bytes"] / bw
+            r["step"].append(timed(lambda: [tr.step(4) for _ in range(steps)], device) / steps)
+            r["mm"].append(timed(replay, device))
+            r.setdefault("copy_bytes_per_s", []).append(copy_bandwidth(device))
+            r["adam"].append(timed_adam(tr, device))
+    for r in out.values():
+        adam_bounds = [r["optimizer_bytes"] / bw for bw in r["copy_bytes_per_s"]]
+        r.update(summarize(r["step"], [mm + a for mm, a in zip(r["mm"], adam_bounds)]))
+        r["adam_summary"] = summarize(r["adam"], adam_bounds)
     return out
 
 
@@ -228,7 +234,7 @@ def stage_synth(args, device) -> dict:
             out[name]["time_s"].append(timed(synth, device))
             out[name]["mm"].append(timed(replay, device))
     for r in out.values():
-        r["time"], r["bound"] = min(r["time_s"]), min(r["mm"])
+        r.update(summarize(r["time_s"], r["mm"]))
         r["rows_per_s"] = r["rows"] / r["time"]
         r["host_randn_per_s"] = randn_rate
     return out
@@ -276,15 +282,14 @@ def stage_eval(args, device) -> dict:
         replays[kind] = Replay(rec.matmuls, device)
         out[kind] = dict(rows=n_rows, flops=rec.flops(), ops=rec.ops, epoch_times=list(timing[f"{kind}_epochs"]), mm=[],
                          gathered_bytes=2 * math.ceil(n_rows / cfg.classifier_batch) * cfg.classifier_batch * AWA2["dim"] * 4)
-    bw = []
-    for _ in range(args.rounds):  # more single epochs, alternating with their bounds
-        bw.append(copy_bandwidth(device))
+    for _ in range(args.rounds):  # single epochs, each next to its bound
         for kind, fn in epochs.items():
-            out[kind]["epoch_times"].append(fn()[0]["seconds"])
-            out[kind]["mm"].append(timed(replays[kind], device))
-    for kind in epochs:
-        r = out[kind]
-        r.update(time=min(r["epoch_times"]), copy_bytes_per_s=max(bw), bound=min(r["mm"]) + r["gathered_bytes"] / max(bw))
+            r = out[kind]
+            r.setdefault("timed_epochs", []).append(fn()[0]["seconds"])
+            r["mm"].append(timed(replays[kind], device))
+            r.setdefault("copy_bytes_per_s", []).append(copy_bandwidth(device))
+    for r in (out[kind] for kind in epochs):
+        r.update(summarize(r["timed_epochs"], [mm + r["gathered_bytes"] / bw for mm, bw in zip(r["mm"], r["copy_bytes_per_s"])]))
     return out
 
 
@@ -302,20 +307,21 @@ def rows_of(res: dict) -> list[dict]:
     rows = []
     tr, sy, ev = res.get("train", {}), res.get("synth", {}), res.get("eval", {})
     for name, r in tr.items():
-        rows.append(dict(figure=f"flow training iteration ({name})", time=r["time"], bound=r["bound"],
+        rows.append(dict(figure=f"flow training iteration ({name})", time=r["time"], bound=r["bound"], ratio=r["ratio"],
                          rss=r["peak_rss"], note=f"{r['flops'] / 1e9:.1f} GFLOP + Adam {r['optimizer_bytes'] / 1e9:.2f} GB"))
     for name, r in tr.items():
         if name in ("fp32", "fused_adam"):
-            rows.append(dict(figure=f"  of which Adam step ({name})", time=r["adam_time"], bound=r["adam_bound"],
+            a = r["adam_summary"]
+            rows.append(dict(figure=f"  of which Adam step ({name})", time=a["time"], bound=a["bound"], ratio=a["ratio"],
                              rss=None, note=f"{r['params'] / 1e6:.1f} M params at copy bandwidth"))
     for name, r in sy.items():
         rows.append(dict(figure=f"synthesis, {r['rows']:,} rows ({name})", time=r["time"], bound=r["bound"],
-                         rss=r["peak_rss"], note=f"{r['rows_per_s']:,.0f} rows/s, chunk {r['chunk']}"))
+                         ratio=r["ratio"], rss=r["peak_rss"], note=f"{r['rows_per_s']:,.0f} rows/s, chunk {r['chunk']}"))
     if ev:
         for kind in ("gzsl", "zsl"):
             e = ev[kind]
             rows.append(dict(figure=f"classifier epoch, {kind.upper()} ({e['rows']:,} rows)", time=e["time"],
-                             bound=e["bound"], rss=None,
+                             bound=e["bound"], ratio=e["ratio"], rss=None,
                              note=f"{e['flops'] / 1e9:.0f} GFLOP + {e['gathered_bytes'] / 1e9:.1f} GB gathered"))
         per_eval = ev["synthesis"] + PROTOCOL["classifier_epochs"] * (ev["gzsl"]["time"] + ev["zsl"]["time"])
         rows.append(dict(figure=f"evaluation ({ev['n_synthetic']:,} synthetic + {ev['n_rows'] - ev['n_synthetic']:,} real rows)",
@@ -360,7 +366,7 @@ def print_report(res: dict, rows: list[dict], proj: dict | None, env: dict) -> N
           f"{'quick' if env['quick'] else 'full'} sizes")
     print(f"{'figure':58s} {'time':>10s} {'bound':>10s} {'ratio':>6s} {'peak RSS':>10s}  note")
     for r in rows:
-        ratio = f"{r['time'] / r['bound']:.2f}" if r.get("bound") else "-"
+        ratio = f"{r['ratio']:.2f}" if r.get("bound") else "-"
         bound = f"{r['bound']:.3f} s" if r.get("bound") else "-"
         print(f"{r['figure']:58s} {r['time']:8.3f} s {bound:>10s} {ratio:>6s} {gib(r['rss']):>10s}  {r['note']}")
     if "fp32" in res.get("train", {}):
@@ -404,14 +410,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=None, help="JSON output (default bench/results-<device>[-quick].json)")
     ap.add_argument("--stages", default="train,synth,eval")
     ap.add_argument("--variants", default="fp32,fused_adam,bf16,tf32", help="precision variants (tf32: CUDA only)")
-    ap.add_argument("--rounds", type=int, default=None, help="timing rounds (default 3, quick 2)")
+    ap.add_argument("--rounds", type=int, default=None, help="timing rounds (default 5, quick 3)")
     ap.add_argument("--n_sample", type=int, default=None, help="synthetic rows per unseen class in the evaluation")
     ap.add_argument("--eval_epochs", type=int, default=None, help="classifier epochs run in the evaluation (of 30)")
     ap.add_argument("--synth_rows_per_class", type=int, default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.variants = args.variants.split(",")
-    defaults = dict(rounds=(2, 3), n_sample=(1000, 50000), eval_epochs=(2, 3), synth_rows_per_class=(200, 2500))
+    defaults = dict(rounds=(3, 5), n_sample=(1000, 50000), eval_epochs=(2, 3), synth_rows_per_class=(200, 1500))
     for k, (quick, full) in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, quick if args.quick else full)
@@ -425,6 +431,7 @@ def main(argv=None) -> dict:
         return result
 
     env = environment(device, args.quick)
+    out = Path(args.out) if args.out else ROOT / "bench" / f"results-{device.type}{'-quick' if args.quick else ''}.json"
     res = {}
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--stages")]
     for stage in args.stages.split(","):
@@ -438,10 +445,10 @@ def main(argv=None) -> dict:
             raise SystemExit(f"stage {stage} failed (exit {proc.returncode})")
         res[stage] = json.loads(lines[-1][len(RESULT_TAG):])
         print(f"[{stage}] done in {time.time() - t0:.0f} s", flush=True)
+        out.write_text(json.dumps(dict(environment=env, args=vars(args), stages=res), indent=1) + "\n")  # so far
     rows = rows_of(res)
     proj = projection(res) if {"train", "synth", "eval"} <= set(res) and "fp32" in res["train"] else None
     print_report(res, rows, proj, env)
-    out = Path(args.out) if args.out else ROOT / "bench" / f"results-{device.type}{'-quick' if args.quick else ''}.json"
     out.write_text(json.dumps(dict(environment=env, args=vars(args), table=rows, projection=proj, stages=res), indent=1) + "\n")
     print(f"\nwritten: {out}")
     return res
