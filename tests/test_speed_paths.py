@@ -141,6 +141,43 @@ def test_bf16_training_step_runs_and_stays_close():
         assert abs(n16 - n32) < 0.05 * abs(n32) + 0.02 and abs(p16 - p32) < 0.05 * abs(p32) + 0.02
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_classifier_training_equals_autograd_and_adam(bf16):
+    """train_softmax's graph-free gradients + functional Adam: the weights that autograd and
+    torch.optim.Adam reach on the same batches (bf16: under CPU autocast), bit for bit."""
+    from models import SoftmaxClassifier
+    g = torch.Generator().manual_seed(3)
+    n, dim, classes, batch, epochs = 250, 64, 7, 32, 2   # 250 % 32 != 0: batches wrap over epochs
+    x, y = torch.randn(n, dim, generator=g).abs(), torch.randint(0, classes, (n,), generator=g)
+
+    torch.manual_seed(5)
+    model = SoftmaxClassifier(dim, classes)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2, betas=(0.5, 0.999))
+    batches = util.ReferenceBatches(n, batch, x.device)
+    for _ in range(epochs * math.ceil(n / batch)):
+        idx = batches.next()
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.nll_loss(model(x[idx]), y[idx])
+        loss.backward()
+        opt.step()
+    expected = [p.detach().clone() for p in model.parameters()]
+
+    torch.manual_seed(5)
+    got = []
+    real_init = SoftmaxClassifier.__init__
+    def keep(self, *a):  # noqa: E306 - capture the model train_softmax builds
+        real_init(self, *a)
+        got.append(self)
+    try:
+        SoftmaxClassifier.__init__ = keep
+        util.train_softmax(x, y, classes, {}, 1e-2, epochs, batch, bf16=bf16)
+    finally:
+        SoftmaxClassifier.__init__ = real_init
+    for want, have in zip(expected, got[0].parameters()):
+        assert torch.equal(want, have.detach())
+
+
 def test_classifier_reports_epoch_times_and_bf16_runs():
     torch.manual_seed(0)
     x, y = torch.randn(300, 16), torch.arange(300) % 3
