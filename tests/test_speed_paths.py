@@ -205,3 +205,24 @@ def test_bench_counts_the_flops_of_a_linear_layer():
         lin(x).sum().backward()
     assert rec.flops() == 3 * 2 * 5 * 8 * 4  # forward, grad of the input, grad of the weight
     Replay(rec.matmuls, torch.device("cpu"))()
+
+
+def test_bench_projection_arithmetic_on_hand_made_figures():
+    """The full-protocol projection scales unit measurements by the protocol's counts."""
+    from bench.bench import AWA2, PROTOCOL, CUDA_ADAM_OPS, EAGER_OP_SECONDS, H200, projection
+    P = PROTOCOL
+    train_fp32 = dict(time=0.5, flops=1e11, optimizer_bytes=1e9, ops=1000, adam_ops=600, host_randn_seconds=1e-3)
+    synth = dict(rows=1000, rows_per_s=2000.0, flops=1e12, ops=100, chunk=500, host_randn_per_s=1e9)
+    eval_ = {k: dict(rows=rows, time=t, flops=1e10, gathered_bytes=1e9, ops=3000)
+             for k, rows, t in (("gzsl", 523527, 2.0), ("zsl", 500000, 1.0))}
+    proj = projection({"train": {"fp32": train_fp32}, "synth": {"fp32": synth}, "eval": eval_})
+    epochs = P["evaluations"] * P["classifier_epochs"]
+    assert proj["here_seconds"]["flow training"] == P["iterations"] * 0.5
+    assert proj["here_seconds"]["synthesis"] == AWA2["unseen"] * P["n_sample"] * P["evaluations"] / 2000.0
+    assert math.isclose(proj["here_seconds"]["classifier"], epochs * (2.0 + 1.0))
+    launches = P["iterations"] * (1000 - 600 + CUDA_ADAM_OPS) * EAGER_OP_SECONDS
+    assert math.isclose(proj["launch_seconds"]["flow training"], launches)
+    assert math.isclose(proj["host_seconds"]["flow training"], launches + P["iterations"] * 1e-3)
+    device_flow = P["iterations"] * (1e11 / H200["fp32"] + 1e9 / H200["copy_bytes_per_s"])
+    assert math.isclose(proj["h200_seconds"]["fp32"]["flow training"], max(device_flow, launches + P["iterations"] * 1e-3))
+    assert math.isclose(proj["h200_seconds"]["fp32 --device_noise"]["flow training"], max(device_flow, launches))
