@@ -500,6 +500,7 @@ def train_softmax(features: torch.Tensor, labels: torch.Tensor, n_classes: int, 
     from models import SoftmaxClassifier
     device = features.device
     model = SoftmaxClassifier(features.shape[1], n_classes).to(device)  # built on CPU: same RNG draws as the reference
+    model.eval()  # only predict() runs the module; training works on its tensors below
     params = [model.fc.weight.detach(), model.fc.bias.detach()]  # updated in place
     exp_avgs, exp_avg_sqs = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
     steps = [torch.tensor(0.0) for _ in params]  # as torch.optim.Adam keeps them
@@ -515,7 +516,6 @@ def train_softmax(features: torch.Tensor, labels: torch.Tensor, n_classes: int, 
                 grads = softmax_gradients(*params, features.index_select(0, idx), labels.index_select(0, idx), bf16)
                 adam(params, list(grads), exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, beta1=0.5, beta2=0.999,
                      lr=lr, weight_decay=0.0, eps=1e-8, maximize=False)
-        model.eval()
         with autocast(device, bf16):
             accs = {k: per_class_accuracy(predict(model, x, batch_size), test_labels[k]) for k, (x, _) in tests.items()}
         history.append({**accs, "seconds": time.perf_counter() - t0})

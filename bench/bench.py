@@ -166,13 +166,14 @@ def awa2_config(device, **kw) -> Config:
 
 # ----------------------------------------------------------------------------- stages (children)
 
-def timed_adam(trainer, device) -> float:
-    """One optimizer step alone (Trainer.step frees the gradients after its step: give it some)."""
+def lone_adam_step(trainer, measure):
+    """measure(optimizer.step) for one step alone (Trainer.step frees the gradients after
+    its step: give it some, and free them again)."""
     for p in trainer.params:
         p.grad = torch.full_like(p, 1e-3)
-    seconds = timed(trainer.optimizer.step, device)
+    result = measure(trainer.optimizer.step)
     trainer.optimizer.zero_grad(set_to_none=True)
-    return seconds
+    return result
 
 
 def stage_train(args, device) -> dict:
@@ -189,10 +190,7 @@ def stage_train(args, device) -> dict:
         rec = record(lambda: tr.step(2))
         t_randn = min(timed(lambda: torch.randn(cfg.batchsize, AWA2["dim"]), torch.device("cpu")) for _ in range(5))
         n_params = sum(p.numel() for p in tr.params)
-        for p in tr.params:
-            p.grad = torch.full_like(p, 1e-3)
-        adam_ops = record(tr.optimizer.step).ops
-        tr.optimizer.zero_grad(set_to_none=True)
+        adam_ops = lone_adam_step(tr, lambda step: record(step).ops)
         trainers[name] = (cfg, tr, rec, Replay(rec.matmuls, device))
         out[name] = dict(flops=rec.flops(), ops=rec.ops, adam_ops=adam_ops, matmuls=len(rec.matmuls), params=n_params,
                          optimizer_bytes=7 * 4 * n_params,  # read param, grad, m, v; write param, m, v (fp32)
@@ -207,7 +205,7 @@ def stage_train(args, device) -> dict:
             r["step"].append(sum(t for t, _ in pairs) / steps)
             r["mm"].append(sum(m for _, m in pairs) / steps)
             r.setdefault("copy_bytes_per_s", []).append(copy_bandwidth(device))
-            r["adam"].append(timed_adam(tr, device))
+            r["adam"].append(lone_adam_step(tr, lambda step: timed(step, device)))
     for r in out.values():
         adam_bounds = [r["optimizer_bytes"] / bw for bw in r["copy_bytes_per_s"]]
         r.update(summarize(r["step"], [mm + a for mm, a in zip(r["mm"], adam_bounds)]))
