@@ -21,13 +21,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import evaluate  # noqa: E402
+import runs  # noqa: E402
 import util  # noqa: E402
 from config import Config, ConfigError  # noqa: E402
 
 
 def plot_curves(run_dir: Path) -> Path:
-    losses = util.read_jsonl(run_dir / "losses.jsonl")
-    metrics = util.read_jsonl(run_dir / "metrics.jsonl")
+    losses = runs.read_jsonl(run_dir / "losses.jsonl")
+    metrics = runs.read_jsonl(run_dir / "metrics.jsonl")
     if not losses and not metrics:
         raise util.DataError(f"{run_dir}: no losses.jsonl or metrics.jsonl to plot")
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -57,7 +59,7 @@ def plot_tsne(run_dir: Path, checkpoint: str = "best.pt", per_class: int = 200, 
     import train
     cfg = Config(**json.loads((run_dir / "config.json").read_text()))
     data = train.prepare_data(cfg)
-    ckpt = util.load_checkpoint(run_dir / checkpoint, data)
+    ckpt = runs.load_checkpoint(run_dir / checkpoint, data)
     flow, rp = train.build_models(cfg, data, torch.device("cpu"))
     weights = ckpt.get("trainer", ckpt)
     flow.load_state_dict(weights["flow"])
@@ -65,7 +67,7 @@ def plot_tsne(run_dir: Path, checkpoint: str = "best.pt", per_class: int = 200, 
     flow.eval(), rp.eval()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    synthetic = util.synthesize_unseen(flow, rp, torch.from_numpy(data.unseen_semantics), per_class,
+    synthetic = evaluate.synthesize_unseen(flow, rp, torch.from_numpy(data.unseen_semantics), per_class,
                                        torch.empty(data.n_unseen * per_class, data.feature_dim)).numpy()
     syn_labels = np.repeat(np.arange(data.n_unseen), per_class)
     real_idx = np.concatenate([rng.permutation(np.flatnonzero(data.test_unseen_label == c))[:per_class]
@@ -107,7 +109,7 @@ def main(argv: list[str]) -> None:
                 raise ConfigError(f"option --tsne_per_class: expected a positive integer, got {per_class!r}")
             print(plot_tsne(run_dir, opts.get("checkpoint", "best.pt"), int(per_class)))
     except (ConfigError, util.DataError) as exc:
-        util.fail(str(exc))
+        runs.fail(str(exc))
 
 
 if __name__ == "__main__":

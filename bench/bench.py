@@ -33,6 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import train  # noqa: E402
+import evaluate  # noqa: E402
+import fast  # noqa: E402
+import runs  # noqa: E402
 import util  # noqa: E402
 from config import Config  # noqa: E402
 from models import ConditionalFlow, RelativePositioning  # noqa: E402
@@ -183,8 +186,8 @@ def stage_train(args, device) -> dict:
     trainers = {}
     for name, opts in variants(device, args.variants).items():
         cfg = awa2_config(device, **opts)
-        train.apply_speed_options(cfg)
-        util.set_seeds(cfg.manualSeed)
+        fast.apply_speed_options(cfg)
+        runs.set_seeds(cfg.manualSeed)
         tr = train.Trainer(cfg, data, device)
         tr.step(1)  # warm-up (allocations, first touch)
         rec = record(lambda: tr.step(2))
@@ -199,7 +202,7 @@ def stage_train(args, device) -> dict:
     for _ in range(args.rounds):
         for name, (cfg, tr, rec, replay) in trainers.items():
             r = out[name]
-            train.apply_speed_options(cfg)
+            fast.apply_speed_options(cfg)
             # each step right next to its replayed products: the pair sees the same machine
             pairs = [(timed(lambda: tr.step(4), device), timed(replay, device)) for _ in range(steps)]
             r["step"].append(sum(t for t, _ in pairs) / steps)
@@ -214,7 +217,7 @@ def stage_train(args, device) -> dict:
 
 
 def stage_synth(args, device) -> dict:
-    """util.synthesize_unseen over all unseen classes, per precision variant."""
+    """evaluate.synthesize_unseen over all unseen classes, per precision variant."""
     torch.manual_seed(0)
     data = fake_awa2(n_train=1000)
     anchors = torch.from_numpy(data.seen_semantics[util.relative_positioning_anchors(data.seen_semantics)])
@@ -226,8 +229,8 @@ def stage_synth(args, device) -> dict:
     out, runs = {}, {}
     for name, opts in variants(device, [v for v in args.variants if v != "fused_adam"]).items():
         cfg = awa2_config(device, **opts)
-        train.apply_speed_options(cfg)
-        synth = lambda cfg=cfg: util.synthesize_unseen(flow, rp, sem, n, buf, cfg.synth_chunk, cfg.bf16, cfg.device_noise)
+        fast.apply_speed_options(cfg)
+        synth = lambda cfg=cfg: evaluate.synthesize_unseen(flow, rp, sem, n, buf, cfg.synth_chunk, cfg.bf16, cfg.device_noise)
         rec = record(synth)  # also the warm-up
         runs[name] = (cfg, synth, Replay(rec.matmuls, device))
         out[name] = dict(rows=buf.shape[0], chunk=cfg.synth_chunk, flops=rec.flops(), ops=rec.ops, time_s=[], mm=[])
@@ -235,7 +238,7 @@ def stage_synth(args, device) -> dict:
     randn_rate = cpu_z.numel() / min(timed(cpu_z.normal_, torch.device("cpu")) for _ in range(2))
     for _ in range(args.rounds):
         for name, (cfg, synth, replay) in runs.items():
-            train.apply_speed_options(cfg)
+            fast.apply_speed_options(cfg)
             out[name]["time_s"].append(timed(synth, device))
             out[name]["mm"].append(timed(replay, device))
     for r in out.values():
@@ -254,11 +257,11 @@ def stage_eval(args, device) -> dict:
     """
     data = fake_awa2()
     cfg = awa2_config(device, nSample=args.n_sample, classifier_epochs=args.eval_epochs)
-    train.apply_speed_options(cfg)
-    util.set_seeds(cfg.manualSeed)
+    fast.apply_speed_options(cfg)
+    runs.set_seeds(cfg.manualSeed)
     trainer = train.Trainer(cfg, data, device)
     trainer.step(1)
-    evaluator = train.Evaluator(cfg, data, device)
+    evaluator = evaluate.Evaluator(cfg, data, device)
     rss_before = peak_rss_bytes()
     t0 = time.perf_counter()
     evaluator(trainer.flow, trainer.rp)
@@ -273,9 +276,9 @@ def stage_eval(args, device) -> dict:
     feats, labels = evaluator.features, evaluator.labels
     test = {"seen": evaluator.test_seen, "unseen": (evaluator.test_unseen[0], evaluator.test_unseen[1] + data.n_seen)}
     epochs = {
-        "gzsl": lambda: util.train_softmax(feats, labels, data.n_seen + data.n_unseen, test, cfg.classifier_lr, 1,
+        "gzsl": lambda: evaluate.train_softmax(feats, labels, data.n_seen + data.n_unseen, test, cfg.classifier_lr, 1,
                                            cfg.classifier_batch),
-        "zsl": lambda: util.train_softmax(feats[-n_syn:], labels[-n_syn:] - data.n_seen, data.n_unseen,
+        "zsl": lambda: evaluate.train_softmax(feats[-n_syn:], labels[-n_syn:] - data.n_seen, data.n_unseen,
                                           {"unseen": evaluator.test_unseen}, cfg.classifier_lr, 1, cfg.classifier_batch),
     }
     out = dict(n_rows=feats.shape[0], n_synthetic=n_syn, epochs_run=cfg.classifier_epochs, wall=wall,
@@ -433,7 +436,7 @@ def main(argv=None) -> dict:
     for k, (quick, full) in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, quick if args.quick else full)
-    device = util.resolve_device(args.device)
+    device = runs.resolve_device(args.device)
 
     if args.child:  # one stage in this fresh process
         result = STAGES[args.child](args, device)

@@ -1,6 +1,7 @@
 import numpy as np
 import torch
 
+import evaluate
 import util
 
 
@@ -67,6 +68,6 @@ def test_classifier_index_batches_equal_reference_row_permutation():
     torch.manual_seed(5)
     expected = reference_classifier_batches(X, 15, 4)
     torch.manual_seed(5)
-    batches = util.ReferenceBatches(17, 4, torch.device("cpu"))
+    batches = evaluate.ReferenceBatches(17, 4, torch.device("cpu"))
     got = [X[batches.next()] for _ in range(15)]
     assert all(torch.equal(a, b) for a, b in zip(got, expected))

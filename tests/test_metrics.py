@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+import evaluate
 import util
 
 
@@ -26,12 +27,12 @@ def test_harmonic_mean():
 
 def test_best_gzsl_epoch_is_first_best_H_and_zero_when_H_never_positive():
     hist = [{"seen": 0.9, "unseen": 0.1}, {"seen": 0.5, "unseen": 0.5}, {"seen": 0.5, "unseen": 0.5}]
-    assert util.best_gzsl_epoch(hist) == {"U": 0.5, "S": 0.5, "H": 0.5}
-    assert util.best_gzsl_epoch([{"seen": 0.9, "unseen": 0.0}]) == {"U": 0.0, "S": 0.0, "H": 0.0}
+    assert evaluate.best_gzsl_epoch(hist) == {"U": 0.5, "S": 0.5, "H": 0.5}
+    assert evaluate.best_gzsl_epoch([{"seen": 0.9, "unseen": 0.0}]) == {"U": 0.0, "S": 0.0, "H": 0.0}
 
 
 def test_summary_reports_paper_and_last_rules():
-    from train import summarize
+    from report import summarize
     rows = [dict(iteration=10, U=40, S=60, H=48, U_last=30, S_last=60, H_last=40, T1=55, T1_last=50),
             dict(iteration=20, U=50, S=50, H=50, U_last=45, S_last=50, H_last=47.4, T1=52, T1_last=51)]
     s = summarize(rows)

@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+import evaluate
+import fast
+import runs
 import train
 import util
 from config import Config, ConfigError, validate
@@ -33,7 +36,7 @@ def adam_trajectory(make, shapes=SHAPES, steps=6):
 @pytest.mark.parametrize("block", [1 << 18, 1000, 333])
 def test_blocked_adam_is_bit_identical_to_torch_adam(block):
     ref, ref_opt = adam_trajectory(lambda p: torch.optim.Adam(p, lr=3e-4, weight_decay=3e-6))
-    got, got_opt = adam_trajectory(lambda p: util.BlockedAdam(p, block=block, lr=3e-4, weight_decay=3e-6))
+    got, got_opt = adam_trajectory(lambda p: fast.BlockedAdam(p, block=block, lr=3e-4, weight_decay=3e-6))
     assert all(torch.equal(a, b) for a, b in zip(ref, got))
     for a, b in zip(ref, got):
         sa, sb = ref_opt.state[a], got_opt.state[b]
@@ -43,7 +46,7 @@ def test_blocked_adam_is_bit_identical_to_torch_adam(block):
 def test_blocked_adam_state_dict_interchangeable_with_torch_adam():
     ref, ref_opt = adam_trajectory(lambda p: torch.optim.Adam(p, lr=1e-3), steps=3)
     params = [torch.nn.Parameter(p.detach().clone()) for p in ref]
-    resumed = util.BlockedAdam(params, lr=1e-3)
+    resumed = fast.BlockedAdam(params, lr=1e-3)
     resumed.load_state_dict(copy.deepcopy(ref_opt.state_dict()))  # load_state_dict shares tensors
     for p, q in zip(ref, params):
         p.grad = torch.ones_like(p)
@@ -57,8 +60,8 @@ def test_foreach_adam_equals_default_and_fused_is_an_option():
     fe, _ = adam_trajectory(lambda p: torch.optim.Adam(p, lr=3e-4, weight_decay=3e-6, foreach=True))
     assert all(torch.equal(a, b) for a, b in zip(ref, fe))
     cpu = torch.device("cpu")
-    assert type(util.flow_optimizer([torch.nn.Parameter(torch.ones(2))], 1e-3, 0.0, cpu)) is util.BlockedAdam
-    fused = util.flow_optimizer([torch.nn.Parameter(torch.ones(2))], 1e-3, 0.0, cpu, fused=True)
+    assert type(fast.flow_optimizer([torch.nn.Parameter(torch.ones(2))], 1e-3, 0.0, cpu)) is fast.BlockedAdam
+    fused = fast.flow_optimizer([torch.nn.Parameter(torch.ones(2))], 1e-3, 0.0, cpu, fused=True)
     assert fused.defaults["fused"]
     fu, _ = adam_trajectory(lambda p: torch.optim.Adam(p, lr=3e-4, weight_decay=3e-6, fused=True))
     assert all(torch.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(ref, fu))  # ~1 ulp, not bit-identical
@@ -86,13 +89,13 @@ def literal_synthesis(flow, rp, sem, n, dim):
 
 @pytest.mark.parametrize("n, chunk", [(15, 8192), (15, 32), (40, 50), (100, 64)])
 def test_chunked_synthesis_equals_the_reference_per_class_synthesis(n, chunk):
-    # Exact on CPU: a GEMM row's bits do not depend on the number of rows (>= 10 rows, see util.GEMM_MIN_ROWS).
+    # Exact on CPU: a GEMM row's bits do not depend on the number of rows (>= 10 rows, see evaluate.GEMM_MIN_ROWS).
     flow, rp, sem = small_models()
     torch.manual_seed(7)
     expected = literal_synthesis(flow, rp, sem, n, 32)
     after_ref = torch.rand(3)
     torch.manual_seed(7)
-    got = util.synthesize_unseen(flow, rp, sem, n, torch.empty(sem.shape[0] * n, 32), chunk=chunk)
+    got = evaluate.synthesize_unseen(flow, rp, sem, n, torch.empty(sem.shape[0] * n, 32), chunk=chunk)
     assert torch.equal(got, expected)
     assert torch.equal(torch.rand(3), after_ref)  # the generator is left where the reference leaves it
 
@@ -102,7 +105,7 @@ def test_chunked_synthesis_equals_one_shot_synthesis():
     runs = []
     for chunk in (10 ** 6, 64, 100):
         torch.manual_seed(3)
-        runs.append(util.synthesize_unseen(flow, rp, sem, 60, torch.empty(300, 64), chunk=chunk))
+        runs.append(evaluate.synthesize_unseen(flow, rp, sem, 60, torch.empty(300, 64), chunk=chunk))
     assert all(torch.equal(runs[0], r) for r in runs[1:])
 
 
@@ -112,9 +115,9 @@ def test_bf16_synthesis_runs_and_stays_close():
         for p in flow.parameters():
             p.div_(20)  # back to the trained-flow scale, where bf16 is meant to be used
     torch.manual_seed(1)
-    fp32 = util.synthesize_unseen(flow, rp, sem, 40, torch.empty(200, 32))
+    fp32 = evaluate.synthesize_unseen(flow, rp, sem, 40, torch.empty(200, 32))
     torch.manual_seed(1)
-    bf16 = util.synthesize_unseen(flow, rp, sem, 40, torch.empty(200, 32), bf16=True)
+    bf16 = evaluate.synthesize_unseen(flow, rp, sem, 40, torch.empty(200, 32), bf16=True)
     assert bf16.dtype == torch.float32 and not torch.equal(fp32, bf16)
     assert torch.allclose(fp32, bf16, rtol=0.05, atol=0.05), (fp32 - bf16).abs().max()
 
@@ -133,7 +136,7 @@ def test_bf16_training_step_runs_and_stays_close():
     for bf16 in (False, True):
         cfg = Config(dataset="APY", device="cpu", batchsize=32, num_coupling_layers=2, hidden_dim=64, input_dim=16,
                      bf16=bf16)
-        util.set_seeds(0)
+        runs.set_seeds(0)
         trainer = train.Trainer(cfg, data, torch.device("cpu"))
         losses[bf16] = [tuple(float(v) for v in trainer.step(it)) for it in range(3)]
     for (n32, p32), (n16, p16) in zip(losses[False], losses[True]):
@@ -153,7 +156,7 @@ def test_classifier_training_equals_autograd_and_adam(bf16):
     torch.manual_seed(5)
     model = SoftmaxClassifier(dim, classes)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2, betas=(0.5, 0.999))
-    batches = util.ReferenceBatches(n, batch, x.device)
+    batches = evaluate.ReferenceBatches(n, batch, x.device)
     for _ in range(epochs * math.ceil(n / batch)):
         idx = batches.next()
         opt.zero_grad()
@@ -171,7 +174,7 @@ def test_classifier_training_equals_autograd_and_adam(bf16):
         got.append(self)
     try:
         SoftmaxClassifier.__init__ = keep
-        util.train_softmax(x, y, classes, {}, 1e-2, epochs, batch, bf16=bf16)
+        evaluate.train_softmax(x, y, classes, {}, 1e-2, epochs, batch, bf16=bf16)
     finally:
         SoftmaxClassifier.__init__ = real_init
     for want, have in zip(expected, got[0].parameters()):
@@ -183,8 +186,8 @@ def test_classifier_reports_epoch_times_and_bf16_runs():
     x, y = torch.randn(300, 16), torch.arange(300) % 3
     x[torch.arange(300), y] += 6
     tests = {"t": (x[:60], y[:60])}
-    fp32 = util.train_softmax(x, y, 3, tests, 5e-2, 3, 50)
-    bf16 = util.train_softmax(x, y, 3, tests, 5e-2, 3, 50, bf16=True)
+    fp32 = evaluate.train_softmax(x, y, 3, tests, 5e-2, 3, 50)
+    bf16 = evaluate.train_softmax(x, y, 3, tests, 5e-2, 3, 50, bf16=True)
     assert all(h["seconds"] >= 0 for h in fp32) and len(bf16) == 3
     assert fp32[-1]["t"] > 0.9 and bf16[-1]["t"] > 0.9
 
@@ -194,7 +197,7 @@ def test_speed_options_validated_and_off_by_default():
     assert not (cfg.bf16 or cfg.tf32 or cfg.fused_adam or cfg.device_noise)
     with pytest.raises(ConfigError, match="synth_chunk"):
         validate(Config(synth_chunk=16))
-    assert util.keep_freed_memory() in (True, False)
+    assert fast.keep_freed_memory() in (True, False)
 
 
 def test_bench_counts_the_flops_of_a_linear_layer():

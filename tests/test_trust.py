@@ -12,6 +12,7 @@ import pytest
 import scipy.io as sio
 import torch
 
+import runs
 import synthetic
 import train
 import util
@@ -42,7 +43,7 @@ def test_resume_after_kill_9_gives_the_uninterrupted_metrics(apy, tmp_path):
     script = [sys.executable, str(ROOT / "train_APY.py"), "--quiet"]
     subprocess.run(script + cli_args(cfg), check=True, capture_output=True, cwd=ROOT)
     (full_dir,) = (tmp_path / "a" / "APY").iterdir()
-    expected = comparable(util.read_jsonl(full_dir / "metrics.jsonl"))
+    expected = comparable(runs.read_jsonl(full_dir / "metrics.jsonl"))
     assert [r["iteration"] for r in expected] == [30, 60, 90, 120, 150, 180]
 
     cfg_b = dataclasses.replace(cfg, out_dir=str(tmp_path / "b"))
@@ -50,21 +51,21 @@ def test_resume_after_kill_9_gives_the_uninterrupted_metrics(apy, tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         dirs = list((tmp_path / "b" / "APY").glob("*")) if (tmp_path / "b" / "APY").exists() else []
-        if dirs and len(util.read_jsonl(dirs[0] / "metrics.jsonl")) >= 2:
+        if dirs and len(runs.read_jsonl(dirs[0] / "metrics.jsonl")) >= 2:
             break
         time.sleep(0.005)
     assert proc.poll() is None, "the run finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     (run_dir,) = (tmp_path / "b" / "APY").iterdir()
-    killed_at = len(util.read_jsonl(run_dir / "metrics.jsonl"))
+    killed_at = len(runs.read_jsonl(run_dir / "metrics.jsonl"))
     assert killed_at < len(expected)
     out = subprocess.run(script + [f"--resume={run_dir}"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "resumed from" in out.stdout
-    assert comparable(util.read_jsonl(run_dir / "metrics.jsonl")) == expected
-    full_losses = util.read_jsonl(full_dir / "losses.jsonl")
-    assert util.read_jsonl(run_dir / "losses.jsonl") == full_losses
+    assert comparable(runs.read_jsonl(run_dir / "metrics.jsonl")) == expected
+    full_losses = runs.read_jsonl(full_dir / "losses.jsonl")
+    assert runs.read_jsonl(run_dir / "losses.jsonl") == full_losses
 
 
 def test_resume_refuses_changed_settings_and_other_datasets(apy, tmp_path):
@@ -79,7 +80,7 @@ def test_resume_refuses_changed_settings_and_other_datasets(apy, tmp_path):
 
 def test_atomic_save_keeps_the_previous_checkpoint_when_a_write_dies(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    util.atomic_save({"v": torch.ones(3)}, path)
+    runs.atomic_save({"v": torch.ones(3)}, path)
 
     def dies_midway(obj, f, *a, **k):
         with open(f, "wb") as fh:
@@ -87,7 +88,7 @@ def test_atomic_save_keeps_the_previous_checkpoint_when_a_write_dies(tmp_path, m
         raise OSError("disk full")
     monkeypatch.setattr(torch, "save", dies_midway)
     with pytest.raises(OSError):
-        util.atomic_save({"v": torch.zeros(3)}, path)
+        runs.atomic_save({"v": torch.zeros(3)}, path)
     monkeypatch.undo()
     assert torch.equal(torch.load(path, weights_only=True)["v"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
@@ -101,22 +102,22 @@ def test_checkpoints_load_weights_only_and_are_checked_against_the_data(apy, tmp
     cfg = tiny_config(apy, tmp_path, gen_nepoch=10, eval_start=29, evl_interval=30, eval_zsl=False)
     run_dir = train.run(cfg)["run_dir"]
     data = train.prepare_data(cfg)
-    ckpt = util.load_checkpoint(tmp_path / run_dir / "best.pt", data)
-    assert ckpt["format"] == util.CHECKPOINT_FORMAT and "flow" in ckpt
-    assert "trainer" in util.load_checkpoint(tmp_path / run_dir / "last.pt", data)
+    ckpt = runs.load_checkpoint(tmp_path / run_dir / "best.pt", data)
+    assert ckpt["format"] == runs.CHECKPOINT_FORMAT and "flow" in ckpt
+    assert "trainer" in runs.load_checkpoint(tmp_path / run_dir / "last.pt", data)
     other = synthetic.generate(tmp_path / "AWA2", "AWA2", seed=1, per_seen=(6, 2), per_unseen=4, feature_dim=64)
     awa2 = util.load_dataset(str(tmp_path), "AWA2")
     with pytest.raises(util.DataError, match="checkpoint is for APY, this run is AWA2"):
-        util.load_checkpoint(tmp_path / run_dir / "best.pt", awa2)
+        runs.load_checkpoint(tmp_path / run_dir / "best.pt", awa2)
     smaller = dataclasses.replace(data, train_feature=data.train_feature[:-1], train_label=data.train_label[:-1])
     with pytest.raises(util.DataError, match=r"trained on other data: n_train 400 \(checkpoint\) vs 399"):
-        util.load_checkpoint(tmp_path / run_dir / "best.pt", smaller)
-    torch.save({"format": util.CHECKPOINT_FORMAT, "x": NotAllowed()}, tmp_path / "evil.pt")
+        runs.load_checkpoint(tmp_path / run_dir / "best.pt", smaller)
+    torch.save({"format": runs.CHECKPOINT_FORMAT, "x": NotAllowed()}, tmp_path / "evil.pt")
     with pytest.raises(util.DataError, match=r"evil.pt: not a loadable checkpoint \(UnpicklingError"):
-        util.load_checkpoint(tmp_path / "evil.pt", data)
+        runs.load_checkpoint(tmp_path / "evil.pt", data)
     torch.save({"weights": torch.ones(2)}, tmp_path / "plain.pt")
     with pytest.raises(util.DataError, match="plain.pt: not a GSMFlow checkpoint"):
-        util.load_checkpoint(tmp_path / "plain.pt", data)
+        runs.load_checkpoint(tmp_path / "plain.pt", data)
 
 
 @pytest.mark.parametrize("ext", ["npz", "mat"])
@@ -145,11 +146,11 @@ def test_non_finite_loss_stops_with_the_iteration_and_keeps_the_last_good_checkp
         return out
     monkeypatch.setattr(train.Trainer, "step", poisoned)
     cfg = tiny_config(apy, tmp_path, gen_nepoch=30, eval_start=29, evl_interval=30, eval_zsl=False)
-    with pytest.raises(util.NonFiniteError, match=r"iteration 96: loss is not finite .*\(iteration 90\)"):
+    with pytest.raises(runs.NonFiniteError, match=r"iteration 96: loss is not finite .*\(iteration 90\)"):
         train.run(cfg)
     (run_dir,) = (tmp_path / "APY").iterdir()
     last = torch.load(run_dir / "last.pt", weights_only=True)
-    assert last["iteration"] == 90 and util.all_finite(last["trainer"]["flow"].values())
+    assert last["iteration"] == 90 and runs.all_finite(last["trainer"]["flow"].values())
 
 
 def test_seeds_table_is_mean_and_std_of_the_runs(apy, tmp_path, capsys):
@@ -185,8 +186,8 @@ def test_select_val_reports_test_numbers_at_the_validation_choice(tmp_path):
     synthetic.generate(tmp_path / "APY", "APY", seed=3, per_seen=(20, 5), per_unseen=10, feature_dim=64, noise=3.0)
     cfg = tiny_config(tmp_path, tmp_path / "out", gen_nepoch=40, eval_start=59, evl_interval=60, select="val")
     s = train.main(cfg, [])
-    val_rows = util.read_jsonl(tmp_path / s["validation_run_dir"] / "metrics.jsonl")
-    test_rows = {r["iteration"]: r for r in util.read_jsonl(tmp_path / s["run_dir"] / "metrics.jsonl")}
+    val_rows = runs.read_jsonl(tmp_path / s["validation_run_dir"] / "metrics.jsonl")
+    test_rows = {r["iteration"]: r for r in runs.read_jsonl(tmp_path / s["run_dir"] / "metrics.jsonl")}
     v = s["val"]
     assert v["val_iteration"] in [r["iteration"] for r in val_rows]
     u, s_ = test_rows[v["iteration"]]["gzsl_epochs"][v["classifier_epoch"] - 1]
@@ -198,10 +199,10 @@ def test_select_val_reports_test_numbers_at_the_validation_choice(tmp_path):
 def test_progress_bars_only_on_a_terminal_and_not_when_quiet(monkeypatch):
     from config import Config
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
-    assert not train.progress_bar(range(3), Config()).disable
-    assert train.progress_bar(range(3), Config(quiet=True)).disable
+    assert not runs.progress_bar(range(3), Config()).disable
+    assert runs.progress_bar(range(3), Config(quiet=True)).disable
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
-    assert train.progress_bar(range(3), Config()).disable
+    assert runs.progress_bar(range(3), Config()).disable
 
 
 def test_plot_command_writes_curves_and_tsne_from_the_run_dir_alone(apy, tmp_path):
