@@ -1,11 +1,25 @@
+import os
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED_XLSA17 = ROOT.parent / "shared" / "xlsa17"
+# Where the device-aware tests run: GSMFLOW_TEST_DEVICE=cuda (bench/gpu_check.sh) or cpu (default).
+# Bit-exactness against the literal reference stays on the CPU, where that reference is defined.
+TEST_DEVICE = os.environ.get("GSMFLOW_TEST_DEVICE", "cpu")
+
+
+def pytest_configure(config):
+    if TEST_DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        raise pytest.UsageError(f"GSMFLOW_TEST_DEVICE={TEST_DEVICE}, but CUDA is not available on this machine")
+
+
+def pytest_report_header(config):
+    return f"gsmflow test device: {TEST_DEVICE} (GSMFLOW_TEST_DEVICE)"
 
 import synthetic  # noqa: E402
 

@@ -75,22 +75,23 @@ def test_locs_out_of_range(xlsa17_root):
         load(xlsa17_root)
 
 
-def test_nan_in_features(xlsa17_root):
+def poisoned(value, at):
+    """An edit() change that writes `value` (NaN or Inf) at index `at` of a float copy."""
     def poison(v):
         v = v.astype(np.float64)
-        v[3, 7] = np.nan
+        v[at] = value
         return v
-    edit(xlsa17_root / "AWA2" / "res101.mat", features=poison)
+    return poison
+
+
+def test_nan_in_features(xlsa17_root):
+    edit(xlsa17_root / "AWA2" / "res101.mat", features=poisoned(np.nan, (3, 7)))
     with pytest.raises(util.DataError, match=r"res101.mat: key 'features' holds NaN or Inf"):
         load(xlsa17_root)
 
 
 def test_inf_in_semantics(xlsa17_root):
-    def poison(v):
-        v = v.copy()
-        v[0, 0] = np.inf
-        return v
-    edit(xlsa17_root / "AWA2" / "att_splits.mat", att=poison)
+    edit(xlsa17_root / "AWA2" / "att_splits.mat", att=poisoned(np.inf, (0, 0)))
     with pytest.raises(util.DataError, match=r"att_splits.mat: key 'att' holds NaN or Inf"):
         load(xlsa17_root)
 

@@ -6,10 +6,11 @@ import pytest
 import synthetic
 import train
 from config import Config
+from conftest import TEST_DEVICE
 
 
 def tiny_config(root, out, **kw):
-    base = dict(dataset="APY", dataroot=str(root), out_dir=str(out), device="cpu", anchors="all",
+    base = dict(dataset="APY", dataroot=str(root), out_dir=str(out), device=TEST_DEVICE, anchors="all",
                 gen_nepoch=100, batchsize=64, num_coupling_layers=2, hidden_dim=128, input_dim=64,
                 prototype=3.0, pi=0.02, lr=1e-3, lr_gamma=0.9, nSample=40, eval_start=199, evl_interval=200,
                 classifier_lr=1e-2, classifier_epochs=20, classifier_batch=128, disp_interval=100)

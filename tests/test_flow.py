@@ -1,18 +1,21 @@
 import torch
 
+from conftest import TEST_DEVICE
 from models import ConditionalFlow, RelativePositioning
+
+DEV = torch.device(TEST_DEVICE)
 
 
 def small_flow(**kw):
     torch.manual_seed(0)
-    return ConditionalFlow(feature_dim=6, condition_dim=3, num_blocks=2, hidden_dim=16, **kw).double()
+    return ConditionalFlow(feature_dim=6, condition_dim=3, num_blocks=2, hidden_dim=16, **kw).double().to(DEV)
 
 
 def test_reverse_inverts_forward():
     flow = small_flow()
     for p in flow.parameters():  # larger weights than the 0.01 init, so the test is not near-identity
         p.data.normal_(0, 0.5)
-    x, c = torch.randn(5, 6, dtype=torch.double), torch.randn(5, 3, dtype=torch.double)
+    x, c = torch.randn(5, 6, dtype=torch.double, device=DEV), torch.randn(5, 3, dtype=torch.double, device=DEV)
     z, _ = flow(x, c)
     assert (z - x).abs().max() > 1e-2
     assert torch.allclose(flow.reverse(z, c), x, atol=1e-10)
@@ -22,7 +25,7 @@ def test_log_det_matches_autograd_jacobian():
     flow = small_flow()
     for p in flow.parameters():
         p.data.normal_(0, 0.5)
-    x, c = torch.randn(4, 6, dtype=torch.double), torch.randn(4, 3, dtype=torch.double)
+    x, c = torch.randn(4, 6, dtype=torch.double, device=DEV), torch.randn(4, 3, dtype=torch.double, device=DEV)
     _, log_det = flow(x, c)
     for i in range(4):
         jac = torch.autograd.functional.jacobian(lambda row: flow(row[None], c[i:i + 1])[0][0], x[i])
@@ -33,9 +36,9 @@ def test_condition_changes_output():
     flow = small_flow()
     for p in flow.parameters():
         p.data.normal_(0, 0.5)
-    x = torch.randn(3, 6, dtype=torch.double)
-    z1, _ = flow(x, torch.zeros(3, 3, dtype=torch.double))
-    z2, _ = flow(x, torch.ones(3, 3, dtype=torch.double))
+    x = torch.randn(3, 6, dtype=torch.double, device=DEV)
+    z1, _ = flow(x, torch.zeros(3, 3, dtype=torch.double, device=DEV))
+    z2, _ = flow(x, torch.ones(3, 3, dtype=torch.double, device=DEV))
     assert (z1 - z2).abs().max() > 1e-3
 
 

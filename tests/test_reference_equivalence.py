@@ -120,7 +120,7 @@ def literal_reference(cfg, d):
 @pytest.mark.parametrize("anchors", ["all", "seen"])
 def test_run_equals_literal_reference(tmp_path, anchors):
     synthetic.generate(tmp_path / "APY", "APY", seed=4, per_seen=(12, 4), per_unseen=6, feature_dim=32, noise=2.0)
-    cfg = tiny_config(tmp_path, tmp_path / "out", anchors=anchors, gen_nepoch=60, batchsize=50, eval_start=30,
+    cfg = tiny_config(tmp_path, tmp_path / "out", device="cpu", anchors=anchors, gen_nepoch=60, batchsize=50, eval_start=30,
                       evl_interval=40, nSample=15, classifier_epochs=4, classifier_batch=100, hidden_dim=64,
                       input_dim=32, lr_gamma=0.5, pi=0.1)
     train.run(cfg)

@@ -14,6 +14,7 @@ import runs
 import train
 import util
 from config import Config, ConfigError, validate
+from conftest import TEST_DEVICE
 from models import ConditionalFlow, RelativePositioning
 
 SHAPES = [(64, 48), (48,), (1024, 85), (37, 3), (300, 301)]
@@ -101,12 +102,14 @@ def test_chunked_synthesis_equals_the_reference_per_class_synthesis(n, chunk):
 
 
 def test_chunked_synthesis_equals_one_shot_synthesis():
+    dev = torch.device(TEST_DEVICE)
     flow, rp, sem = small_models(dim=64, cond=32)
-    runs = []
+    flow, rp, sem = flow.to(dev), rp.to(dev), sem.to(dev)
+    results = []
     for chunk in (10 ** 6, 64, 100):
         torch.manual_seed(3)
-        runs.append(evaluate.synthesize_unseen(flow, rp, sem, 60, torch.empty(300, 64), chunk=chunk))
-    assert all(torch.equal(runs[0], r) for r in runs[1:])
+        results.append(evaluate.synthesize_unseen(flow, rp, sem, 60, torch.empty(300, 64, device=dev), chunk=chunk))
+    assert all(torch.equal(results[0], r) for r in results[1:])
 
 
 def test_bf16_synthesis_runs_and_stays_close():
@@ -134,27 +137,28 @@ def tiny_data(seed=0, n_train=120, dim=32):
 def test_bf16_training_step_runs_and_stays_close():
     data, losses = tiny_data(), {}
     for bf16 in (False, True):
-        cfg = Config(dataset="APY", device="cpu", batchsize=32, num_coupling_layers=2, hidden_dim=64, input_dim=16,
-                     bf16=bf16)
+        cfg = Config(dataset="APY", device=TEST_DEVICE, batchsize=32, num_coupling_layers=2, hidden_dim=64,
+                     input_dim=16, bf16=bf16)
         runs.set_seeds(0)
-        trainer = train.Trainer(cfg, data, torch.device("cpu"))
+        trainer = train.Trainer(cfg, data, torch.device(TEST_DEVICE))
         losses[bf16] = [tuple(float(v) for v in trainer.step(it)) for it in range(3)]
     for (n32, p32), (n16, p16) in zip(losses[False], losses[True]):
         assert math.isfinite(n16) and math.isfinite(p16)
         assert abs(n16 - n32) < 0.05 * abs(n32) + 0.02 and abs(p16 - p32) < 0.05 * abs(p32) + 0.02
 
 
-@pytest.mark.parametrize("bf16", [False, True])
-def test_classifier_training_equals_autograd_and_adam(bf16):
+@pytest.mark.parametrize("bf16, device", [(False, TEST_DEVICE), (True, "cpu")])
+def test_classifier_training_equals_autograd_and_adam(bf16, device):
     """train_softmax's graph-free gradients + functional Adam: the weights that autograd and
     torch.optim.Adam reach on the same batches (bf16: under CPU autocast), bit for bit."""
     from models import SoftmaxClassifier
     g = torch.Generator().manual_seed(3)
     n, dim, classes, batch, epochs = 250, 64, 7, 32, 2   # 250 % 32 != 0: batches wrap over epochs
     x, y = torch.randn(n, dim, generator=g).abs(), torch.randint(0, classes, (n,), generator=g)
+    x, y = x.to(device), y.to(device)
 
     torch.manual_seed(5)
-    model = SoftmaxClassifier(dim, classes)
+    model = SoftmaxClassifier(dim, classes).to(device)  # built on the CPU, as train_softmax does
     opt = torch.optim.Adam(model.parameters(), lr=1e-2, betas=(0.5, 0.999))
     batches = evaluate.ReferenceBatches(n, batch, x.device)
     for _ in range(epochs * math.ceil(n / batch)):
