@@ -13,6 +13,13 @@ import torch
 from config import Config
 
 
+def slow_bf16_matmul(device: torch.device) -> bool:
+    """True on a CPU whose oneDNN has no bf16 kernels (no AVX512-BF16/AMX): there torch runs
+    bf16 matrix products in a reference loop, measured 200x slower than fp32 on such a VM."""
+    return device.type == "cpu" and not (torch.backends.mkldnn.is_available()
+                                         and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def autocast(device: torch.device, bf16: bool):
     """bf16 autocast on `device` when the `bf16` option is on; a no-op context otherwise."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)

@@ -145,6 +145,8 @@ def run(cfg: Config, resume_dir: Path | None = None) -> dict:
     log = runs.RunLog(run_dir)
     log.print(f"run directory: {run_dir}")
     log.print(f"device: {device}; seed {cfg.manualSeed}")
+    if cfg.bf16 and fast.slow_bf16_matmul(device):
+        log.print("warning: --bf16 on a CPU without native bf16 matrix products: far slower than fp32 here")
     log.print(f"data: {data.source}")
     log.print(data.describe())
 

@@ -19,7 +19,6 @@ import json
 import math
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -27,10 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 import train  # noqa: E402
 import evaluate  # noqa: E402
@@ -38,6 +36,7 @@ import fast  # noqa: E402
 import runs  # noqa: E402
 import util  # noqa: E402
 from config import Config  # noqa: E402
+from measure import Replay, copy_bandwidth, peak_device_bytes, peak_rss_bytes, record, summarize, sync, timed  # noqa: E402
 from models import ConditionalFlow, RelativePositioning  # noqa: E402
 
 # AWA2 (SPEC.md): 23,527 trainval / 5,882 test-seen / 7,913 test-unseen rows; 40 + 10 classes; 85-d attributes.
@@ -49,97 +48,6 @@ H200 = dict(fp32=67e12, tf32=495e12, bf16=790e12, copy_bytes_per_s=4.3e12)
 EAGER_OP_SECONDS = 5e-6  # assumed host cost of one eager PyTorch op on a GPU (dispatch + launch)
 CUDA_ADAM_OPS = 12       # torch.optim.Adam(foreach=True) on CUDA: about a dozen _foreach_ ops per step
 RESULT_TAG = "BENCH_RESULT "
-
-
-# ----------------------------------------------------------------------------- measuring
-
-class MatmulRecorder(TorchDispatchMode):
-    """Records every matrix product (mm / addmm, incl. those autograd runs) and counts all ops."""
-    MATMULS = {torch.ops.aten.mm.default: (0, 1), torch.ops.aten.addmm.default: (1, 2)}
-
-    def __init__(self):
-        super().__init__()
-        self.matmuls, self.ops = [], 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops += 1
-        if func in self.MATMULS:
-            i, j = self.MATMULS[func]
-            a, b = args[i], args[j]
-            self.matmuls.append((tuple(a.shape), a.stride(), tuple(b.shape), b.stride(), str(a.dtype)))
-        elif "mm" in func.__name__ or "linear" in func.__name__ or "matmul" in func.__name__:
-            raise RuntimeError(f"unrecorded matrix product {func}: add it to MatmulRecorder")
-        return func(*args, **(kwargs or {}))
-
-    def flops(self) -> int:
-        return sum(2 * a[0] * a[1] * b[1] for a, _, b, _, _ in self.matmuls)
-
-
-def record(fn):
-    with MatmulRecorder() as rec:
-        fn()
-    return rec
-
-
-def strided(shape, stride, dtype, device):
-    """A tensor with exactly this shape and stride (e.g. a transposed weight)."""
-    size = 1 + sum((n - 1) * s for n, s in zip(shape, stride))
-    return torch.randn(size, device=device).to(getattr(torch, dtype.split(".")[1])).as_strided(shape, stride)
-
-
-class Replay:
-    """The recorded products as plain torch.mm calls on tensors of the same shapes and strides."""
-
-    def __init__(self, matmuls, device, repeat: int = 1):
-        self.device, self.repeat = device, repeat
-        cache = {}
-        self.calls = []
-        for sa, ta, sb, tb, dt in matmuls:
-            for key in ((sa, ta, dt), (sb, tb, dt)):
-                if key not in cache:
-                    cache[key] = strided(*key, device)
-            self.calls.append((cache[(sa, ta, dt)], cache[(sb, tb, dt)]))
-
-    def __call__(self):
-        for _ in range(self.repeat):
-            for a, b in self.calls:
-                torch.mm(a, b)
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device) -> float:
-    sync(device)
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t0
-
-
-def copy_bandwidth(device, mib: int = 512) -> float:
-    """Bytes read + written per second by a large tensor copy (best of 5)."""
-    src = torch.randn(mib * 2 ** 18, device=device)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    return 2 * src.numel() * 4 / min(timed(lambda: dst.copy_(src), device) for _ in range(5))
-
-
-def summarize(times, bounds) -> dict:
-    """Median time, median bound, and the median over rounds of time / bound (each round's two
-    measurements are adjacent, so slow drifts of a shared machine's speed cancel)."""
-    med = lambda v: float(np.median(v))
-    return dict(time=med(times), bound=med(bounds), ratio=med([t / b for t, b in zip(times, bounds)]))
-
-
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-
-
-def peak_device_bytes(device) -> int | None:
-    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -158,9 +66,20 @@ def fake_awa2(n_train=AWA2["n_train"], seed=0) -> util.GZSLData:
 
 
 def variants(device, names):
-    """Config overrides of each precision variant that applies on `device`."""
+    """Config overrides of each precision variant that applies on `device` (see skipped_variants)."""
     table = {"fp32": {}, "fused_adam": {"fused_adam": True}, "bf16": {"bf16": True}, "tf32": {"tf32": True}}
-    return {n: table[n] for n in names if n != "tf32" or device.type == "cuda"}
+    return {n: table[n] for n in names if n not in skipped_variants(device)}
+
+
+def skipped_variants(device) -> dict:
+    """Variants that do not apply on `device`, with the reason printed in the table."""
+    skipped = {}
+    if device.type != "cuda":
+        skipped["tf32"] = "TF32 is CUDA only"
+        if fast.slow_bf16_matmul(device):
+            skipped["bf16"] = ("this CPU has no native bf16 matrix products (oneDNN bf16 unsupported): "
+                               "they would run a reference loop, about 200x slower than fp32")
+    return skipped
 
 
 def awa2_config(device, **kw) -> Config:
@@ -198,7 +117,7 @@ def stage_train(args, device) -> dict:
         out[name] = dict(flops=rec.flops(), ops=rec.ops, adam_ops=adam_ops, matmuls=len(rec.matmuls), params=n_params,
                          optimizer_bytes=7 * 4 * n_params,  # read param, grad, m, v; write param, m, v (fp32)
                          host_randn_seconds=t_randn, step=[], mm=[], adam=[])
-    steps = 2 if args.quick else 3
+    steps = 1 if args.quick else 3
     for _ in range(args.rounds):
         for name, (cfg, tr, rec, replay) in trainers.items():
             r = out[name]
@@ -376,14 +295,18 @@ def projection(res: dict) -> dict:
                 assumptions=dict(H200=H200, eager_op_seconds=EAGER_OP_SECONDS, cuda_adam_ops=CUDA_ADAM_OPS, **P))
 
 
-def print_report(res: dict, rows: list[dict], proj: dict | None, env: dict) -> None:
-    print(f"\n{env['device_name']}; torch {env['torch']}, {env['threads']} threads; "
-          f"{'quick' if env['quick'] else 'full'} sizes")
+def print_rows(rows: list[dict]) -> None:
     print(f"{'figure':58s} {'time':>10s} {'bound':>10s} {'ratio':>6s} {'peak RSS':>10s}  note")
     for r in rows:
         ratio = f"{r['ratio']:.2f}" if r.get("bound") else "-"
         bound = f"{r['bound']:.3f} s" if r.get("bound") else "-"
-        print(f"{r['figure']:58s} {r['time']:8.3f} s {bound:>10s} {ratio:>6s} {gib(r['rss']):>10s}  {r['note']}")
+        print(f"{r['figure']:58s} {r['time']:8.3f} s {bound:>10s} {ratio:>6s} {gib(r['rss']):>10s}  {r['note']}", flush=True)
+
+
+def print_report(res: dict, rows: list[dict], proj: dict | None, env: dict) -> None:
+    print(f"\n{env['device_name']}; torch {env['torch']}, {env['threads']} threads; "
+          f"{'quick' if env['quick'] else 'full'} sizes")
+    print_rows(rows)
     if "fp32" in res.get("train", {}):
         base = res["train"]["fp32"]["time"]
         ups = [f"{n} x{base / r['time']:.2f}" for n, r in res["train"].items() if n != "fp32"]
@@ -420,23 +343,26 @@ def environment(device, quick) -> dict:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="smaller synthesis/classifier sizes (~1 minute)")
+    ap.add_argument("--quick", action="store_true", help="fp32 only, smaller sizes, fewer rounds (under 2 minutes)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     ap.add_argument("--out", default=None, help="JSON output (default bench/results-<device>[-quick].json)")
     ap.add_argument("--stages", default="train,synth,eval")
-    ap.add_argument("--variants", default="fp32,fused_adam,bf16,tf32", help="precision variants (tf32: CUDA only)")
-    ap.add_argument("--rounds", type=int, default=None, help="timing rounds (default 5, quick 3)")
+    ap.add_argument("--variants", default=None, help="precision variants, default fp32,fused_adam,bf16,tf32 "
+                    "(quick: fp32, and tf32,bf16 on CUDA); tf32 is CUDA only")
+    ap.add_argument("--rounds", type=int, default=None, help="timing rounds (default 5, quick 2)")
     ap.add_argument("--n_sample", type=int, default=None, help="synthetic rows per unseen class in the evaluation")
     ap.add_argument("--eval_epochs", type=int, default=None, help="classifier epochs run in the evaluation (of 30)")
     ap.add_argument("--synth_rows_per_class", type=int, default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    device = runs.resolve_device(args.device)
+    if args.variants is None:
+        args.variants = ("fp32,tf32,bf16" if device.type == "cuda" else "fp32") if args.quick else "fp32,fused_adam,bf16,tf32"
     args.variants = args.variants.split(",")
-    defaults = dict(rounds=(3, 5), n_sample=(1000, 50000), eval_epochs=(2, 3), synth_rows_per_class=(200, 1500))
+    defaults = dict(rounds=(2, 5), n_sample=(500, 50000), eval_epochs=(1, 3), synth_rows_per_class=(100, 1500))
     for k, (quick, full) in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, quick if args.quick else full)
-    device = runs.resolve_device(args.device)
 
     if args.child:  # one stage in this fresh process
         result = STAGES[args.child](args, device)
@@ -446,6 +372,9 @@ def main(argv=None) -> dict:
         return result
 
     env = environment(device, args.quick)
+    for name, why in skipped_variants(device).items():
+        if name in args.variants:
+            print(f"skipped variant {name}: {why}", flush=True)
     out = Path(args.out) if args.out else ROOT / "bench" / f"results-{device.type}{'-quick' if args.quick else ''}.json"
     res = {}
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--stages")]
@@ -460,6 +389,7 @@ def main(argv=None) -> dict:
             raise SystemExit(f"stage {stage} failed (exit {proc.returncode})")
         res[stage] = json.loads(lines[-1][len(RESULT_TAG):])
         print(f"[{stage}] done in {time.time() - t0:.0f} s", flush=True)
+        print_rows(rows_of({stage: res[stage]}))  # each stage's lines as soon as they are measured
         out.write_text(json.dumps(dict(environment=env, args=vars(args), stages=res), indent=1) + "\n")  # so far
     rows = rows_of(res)
     proj = projection(res) if {"train", "synth", "eval"} <= set(res) and "fp32" in res["train"] else None

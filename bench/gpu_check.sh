@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The CUDA paths of the code, checked in one go and summed up in one table:
+#   1. the test suite with the device-aware tests on CUDA (GSMFLOW_TEST_DEVICE=cuda);
+#   2. python bench/bench.py --quick --device=cuda (fp32, tf32, bf16);
+#   3. python train_AWA2.py --synthetic --device=cuda in fp32, --tf32 and --bf16: H, T1, wall time.
+#
+#   bash bench/gpu_check.sh              # logs and the bench JSON under $OUT (default: a temp dir)
+#
+# Budget: at most 8 minutes on one GPU (each step has its own time limit below). Without a
+# CUDA GPU it stops at once with exit code 1: it never skips. On a machine without a package
+# registry, put the wheels it lacks (FrEIA, optuna, pooch, ...) in .whl/ and they are installed
+# first (`python3 -m pip download --no-deps --python-version 3.12 --only-binary=:all: -d .whl NAME==VER`).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
+
+if ! "$PY" -c "import sys, torch; print('torch', torch.__version__); sys.exit(0 if torch.cuda.is_available() else 1)" \
+        >"$OUT/cuda.log" 2>&1; then
+    echo "gpu_check: FAILED: CUDA is not available ($PY: $(tail -1 "$OUT/cuda.log")); this check needs a GPU" >&2
+    exit 1
+fi
+if compgen -G ".whl/*.whl" >/dev/null; then
+    "$PY" -m pip install --quiet --no-index --no-deps .whl/*.whl || { echo "gpu_check: FAILED: installing .whl/" >&2; exit 1; }
+fi
+"$PY" -c "import torch; print('gpu_check:', torch.cuda.get_device_name(0), '| torch', torch.__version__)"
+
+declare -a ROWS
+FAILED=0
+# run NAME LIMIT_S CMD...: log to $OUT/NAME.log, remember rc and wall time
+run() {
+    local name=$1 limit=$2; shift 2
+    local t0=$SECONDS
+    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+    RC=$?
+    WALL=$((SECONDS - t0))
+    [ $RC -eq 0 ] || FAILED=1
+    echo "gpu_check: $name: exit $RC after ${WALL}s (log: $OUT/$name.log)" >&2
+}
+status() { [ "$RC" -eq 0 ] && echo ok || { [ "$RC" -eq 124 ] && echo "TIMED OUT" || echo "FAILED ($RC)"; }; }
+
+run pytest 170 env GSMFLOW_TEST_DEVICE=cuda "$PY" -m pytest -q -p no:cacheprovider
+ROWS+=("pytest, GSMFLOW_TEST_DEVICE=cuda|$(status): $(grep -E '[0-9]+ (passed|failed)' "$OUT/pytest.log" | tail -1)|${WALL}s")
+
+run bench 130 "$PY" bench/bench.py --quick --device=cuda --out="$OUT/results-cuda-quick.json"
+ROWS+=("bench.py --quick --device=cuda|$(status): $(grep -E '^flow training iteration' "$OUT/bench.log" | tail -3 |
+    sed -E 's/^flow training iteration \(([a-z0-9_]+)\) +([0-9.]+ s).*/\1 \2/' | paste -sd, -) per flow iteration|${WALL}s")
+
+for opt in "" --tf32 --bf16; do
+    name=train_awa2${opt//-/_}
+    run "$name" 60 "$PY" train_AWA2.py --synthetic --device=cuda --quiet $opt --out_dir="$OUT/runs"
+    numbers=$(grep -A1 "paper protocol" "$OUT/$name.log" | tail -1 | sed -E 's/ *\(iteration.*//; s/  +/ /g')
+    ROWS+=("train_AWA2.py --synthetic --device=cuda ${opt:-(fp32)}|$(status): ${numbers:-no summary}|${WALL}s")
+done
+
+echo
+printf '| %s | %s | %s |\n' check result wall
+printf '|---|---|---|\n'
+for row in "${ROWS[@]}"; do
+    IFS='|' read -r a b c <<<"$row"
+    printf '| %s | %s | %s |\n' "$a" "$b" "$c"
+done
+echo "(train rows: the paper-protocol line, ZSL T1 and GZSL U/S/H; logs in $OUT)"
+exit $FAILED
