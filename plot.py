@@ -57,7 +57,9 @@ def plot_tsne(run_dir: Path, checkpoint: str = "best.pt", per_class: int = 200, 
     from sklearn.manifold import TSNE
 
     import train
-    cfg = Config(**json.loads((run_dir / "config.json").read_text()))
+    saved = json.loads((run_dir / "config.json").read_text())
+    saved.pop("data_files", None)  # the run's provenance record, not an option
+    cfg = Config(**saved)
     data = train.prepare_data(cfg)
     ckpt = runs.load_checkpoint(run_dir / checkpoint, data)
     flow, rp = train.build_models(cfg, data, torch.device("cpu"))

@@ -104,6 +104,12 @@ class RunLog:
         _atomic_text(self.losses_path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
+def write_config(run_dir: Path, cfg, data_files: list[dict]) -> None:
+    """config.json: the resolved options, and the data files the run read (size, sha256)."""
+    (run_dir / "config.json").write_text(json.dumps({**dataclasses.asdict(cfg), "data_files": data_files},
+                                                    indent=2) + "\n")
+
+
 def read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []

@@ -10,6 +10,8 @@ learn to synthesise unseen classes). They are for smoke runs and tests, not for 
 from __future__ import annotations
 
 import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +161,31 @@ def ensure_benchmark(root: Path, dataset: str, seed: int = 6152) -> Path:
         generate(folder, dataset, seed=seed)
         marker.touch()
     return folder
+
+
+# The downloadable archives data/prepare.py reads: the folder the datasets sit in, and each
+# dataset's layout. The inner folders of the authors' archive are not documented (prepare.py
+# finds datasets at any depth); xlsa17.zip's are `xlsa17/data/<DATASET>/`.
+ARCHIVE_LAYOUTS = {
+    "authors": ("GSMFlow_data/data", {"AWA2": "xlsa17", "APY": "xlsa17", "CUB": "epgn", "FLO": "epgn"}),
+    "xlsa17": ("xlsa17/data", {"AWA2": "xlsa17", "APY": "xlsa17", "CUB": "xlsa17"}),
+}
+
+
+def write_archive(path: Path, source: str = "authors", datasets=None, seed: int = 0,
+                  per_seen: tuple[int, int] = (4, 2), per_unseen: int = 3, feature_dim: int = 64,
+                  noise: float = 2.0) -> Path:
+    """A zip in the layout of `source`'s archive (ARCHIVE_LAYOUTS), small synthetic datasets inside."""
+    top, layouts = ARCHIVE_LAYOUTS[source]
+    with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i, name in enumerate(datasets or layouts):
+            folder = generate(Path(tmp) / name, name, seed + i, per_seen, per_unseen, feature_dim, noise,
+                              layouts[name])
+            if source == "xlsa17":
+                (folder / "sent_splits.mat").unlink(missing_ok=True)  # xlsa17 has CUB's 312-d attributes only
+            for f in sorted(folder.iterdir()):
+                zf.write(f, f"{top}/{name}/{f.name}")
+    return Path(path)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 import fast
+import provenance
 import report
 import runs
 import util
@@ -136,10 +137,11 @@ def run(cfg: Config, resume_dir: Path | None = None) -> dict:
         raise ConfigError(f"option --save_synthetic: {cfg.save_synthetic} exists; not overwriting it")
     state = runs.load_checkpoint(resume_dir / "last.pt", data) if resume_dir else None
     fast.apply_speed_options(cfg)
+    data_files = provenance.describe_files(data.files)  # size + sha256: which features produced the numbers
     if state is None:
         runs.set_seeds(cfg.manualSeed)
         run_dir = runs.make_run_dir(cfg.out_dir, cfg.dataset)
-        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+        runs.write_config(run_dir, cfg, data_files)
     else:
         run_dir = resume_dir
     log = runs.RunLog(run_dir)
@@ -199,7 +201,7 @@ def run(cfg: Config, resume_dir: Path | None = None) -> dict:
 
     summary = report.summarize(rows)
     summary.update(wall_seconds=round(time.time() - t0, 1), total_iterations=total, run_dir=str(run_dir),
-                   split=data.split)
+                   split=data.split, data_files=data_files)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     report.print_summary(log, summary, len(rows))
     return summary
@@ -214,6 +216,7 @@ def resume(defaults: Config, argv: list[str]) -> dict:
     if not config_path.is_file():
         raise util.DataError(f"{config_path}: not found (--resume takes a run directory)")
     saved = json.loads(config_path.read_text())
+    saved.pop("data_files", None)  # provenance written next to the options, not an option
     if saved.get("dataset") != defaults.dataset:
         raise ConfigError(f"option --resume: {run_dir} is a {saved.get('dataset')} run; "
                           f"use train_{saved.get('dataset')}.py")
@@ -245,7 +248,8 @@ def eval_only(cfg: Config) -> dict:
     flow.load_state_dict(weights["flow"])
     rp.load_state_dict(weights["relative_positioning"])
     run_dir = runs.make_run_dir(cfg.out_dir, cfg.dataset)
-    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    data_files = provenance.describe_files(data.files)
+    runs.write_config(run_dir, cfg, data_files)
     log = runs.RunLog(run_dir)
     log.print(f"run directory: {run_dir} (evaluation only)")
     log.print(f"checkpoint: {path} (iteration {ckpt['iteration']}); data: {data.source}")
@@ -259,7 +263,7 @@ def eval_only(cfg: Config) -> dict:
         save_synthetic(Path(cfg.save_synthetic), evaluate.synthetic, cfg.nSample, data)
         log.print(f"synthetic features: {cfg.save_synthetic}")
     summary = report.summarize([row])
-    summary.update(wall_seconds=row["eval_seconds"], run_dir=str(run_dir), split=data.split)
+    summary.update(wall_seconds=row["eval_seconds"], run_dir=str(run_dir), split=data.split, data_files=data_files)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     report.print_summary(log, summary, 1)
     return summary

@@ -42,6 +42,7 @@ class GZSLData:
     unseen_ids: np.ndarray | None = None
     rows: dict | None = None       # xlsa17: the 0-based image rows behind each split
     split: str = "proposed"        # or "validation": the leak-free split of trainval
+    files: tuple = ()              # the files it was read from (their sha256 goes into the run's records)
 
     def signature(self) -> dict:
         """What a checkpoint must agree with to be used on this data."""
@@ -244,7 +245,7 @@ def load_xlsa17(folder: Path, name: str, image_embedding: str = "res101", class_
         seen_semantics=np.ascontiguousarray(att_rows[seen]),
         unseen_semantics=np.ascontiguousarray(att_rows[unseen]),
         seen_ids=seen + 1, unseen_ids=unseen + 1, rows=locs, split=split,
-        source=f"{feat_path} + {split_path} ({split} split)")
+        source=f"{feat_path} + {split_path} ({split} split)", files=(feat_path, split_path))
 
 
 def load_epgn(folder: Path, name: str) -> GZSLData:
@@ -304,7 +305,7 @@ def load_epgn(folder: Path, name: str) -> GZSLData:
         test_unseen_feature=scaled["test_unseen_fea"], test_unseen_label=remap(tu, np.unique(tu)),
         seen_semantics=seen_pro.astype(np.float32), unseen_semantics=unseen_pro.astype(np.float32),
         seen_ids=np.arange(1, n_seen + 1), unseen_ids=np.arange(1, n_unseen + 1),
-        source=f"{data_path} + {label_path}")
+        source=f"{data_path} + {label_path}", files=(data_path, label_path))
 
 
 def class_centroids(features: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
