@@ -1,6 +1,7 @@
 """The GSMFlow protocol shared by every train_<DATASET>.py: train the flow, evaluate, report.
 
     python train_AWA2.py [--key=value ...]      # see config.py for the keys
+    python train.py --dataset=NAME [--key=value ...]   # your own data/NAME, Config defaults (AWA2's)
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 import util
-from config import RUN_CONTROL, Config, ConfigError, parse_args, parse_overrides, validate
+from config import BENCHMARKS, RUN_CONTROL, Config, ConfigError, parse_args, parse_overrides, validate
 from models import ConditionalFlow, RelativePositioning
 
 PAPER_RULE = ("paper protocol: best over classifier epochs and over evaluations, "
@@ -352,9 +353,10 @@ def resume(defaults: Config, argv: list[str]) -> dict:
     if not config_path.is_file():
         raise util.DataError(f"{config_path}: not found (--resume takes a run directory)")
     saved = json.loads(config_path.read_text())
-    if saved.get("dataset") != defaults.dataset:
-        raise ConfigError(f"option --resume: {run_dir} is a {saved.get('dataset')} run; "
-                          f"use train_{saved.get('dataset')}.py")
+    if saved.get("dataset") != updates.get("dataset", defaults.dataset):  # own data: train.py --dataset=NAME
+        script = (f"train_{saved.get('dataset')}.py" if saved.get("dataset") in BENCHMARKS
+                  else f"train.py --dataset={saved.get('dataset')}")
+        raise ConfigError(f"option --resume: {run_dir} is a {saved.get('dataset')} run; use {script}")
     changed = sorted(k for k, v in updates.items() if k not in RUN_CONTROL and saved.get(k) != v)
     if changed:
         raise ConfigError(f"option --{changed[0]} cannot change when resuming (only {', '.join(RUN_CONTROL)} can)")
@@ -485,3 +487,7 @@ def main(defaults: Config, argv: list[str] | None = None) -> dict:
         util.fail(str(exc))
     except util.NonFiniteError as exc:
         util.fail(str(exc), code=3)
+
+
+if __name__ == "__main__":
+    main(Config())  # your own dataset: python train.py --dataset=NAME (Config defaults = AWA2's settings)
