@@ -437,6 +437,42 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def read_inputs(images: Path, semantics: Path, class_names: Path | None):
+    """Sorted class names, their image files and their (C, d) raw semantic rows, all checked."""
+    class_files = find_images(images)
+    names, raw = read_semantics(semantics, class_names)
+    classes, raw = match_classes(class_files, names, raw, images, semantics)
+    zero = [c for c, row in zip(classes, raw) if not np.any(row)]
+    if zero:
+        raise DataError(f"{semantics}: the semantic vector of {shorten(zero)} is all zeros (att is L2-normalised)")
+    check_counts(class_files)
+    return classes, class_files, raw
+
+
+def drop_bad_images(files: list[Path], labels: np.ndarray, features: np.ndarray, bad: dict[int, str],
+                    classes: list[str]):
+    """Leave out (and list) the undecodable files; every class must still have 2 images."""
+    for i in sorted(bad):
+        print(f"skipped (--skip_bad_images): {files[i]} ({bad[i]})")
+    keep = np.setdiff1d(np.arange(len(files)), sorted(bad))
+    files, labels, features = [files[i] for i in keep], labels[keep], features[keep]
+    check_counts({c: np.flatnonzero(labels == k + 1).tolist() for k, c in enumerate(classes)},
+                 why=f" after skipping {len(bad)} undecodable image(s)")
+    return files, labels, features
+
+
+def write_atomically(out: Path, write) -> None:
+    """`write(folder)` into a temp folder beside `out`, renamed to `out` at the end; on any error, nothing."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        write(tmp)
+        check_output(out)  # appeared while the features were computed: keep it, drop ours
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def make_dataset(images, semantics, out, unseen=None, unseen_share: float | None = None, class_names=None,
                  weights=DEFAULT_WEIGHTS, skip_bad_images: bool = False, seed: int = 0,
                  test_seen_share: float = 0.2, val_class_share: float = 0.2, batch_size: int = 32,
@@ -448,53 +484,34 @@ def make_dataset(images, semantics, out, unseen=None, unseen_share: float | None
     `build_extractor`) replaces building one. Bad input raises DataError before anything is written.
     """
     t0 = time.time()
-    images, semantics, out = (Path(p).expanduser() for p in (images, semantics, out))
     as_path = lambda p: None if p is None else Path(p).expanduser()
+    images, semantics, out = as_path(images), as_path(semantics), as_path(out)
     for name, share in (("test_seen_share", test_seen_share), ("val_class_share", val_class_share)):
         if not 0 < share < 1:
             raise DataError(f"option --{name}: must be in (0, 1), got {share}")
     check_output(out)
-    class_files = find_images(images)
-    names, raw = read_semantics(semantics, as_path(class_names))
-    classes, raw = match_classes(class_files, names, raw, images, semantics)
-    zero = [c for c, row in zip(classes, raw) if not np.any(row)]
-    if zero:
-        raise DataError(f"{semantics}: the semantic vector of {shorten(zero)} is all zeros (att is L2-normalised)")
-    check_counts(class_files)
-    rng = np.random.default_rng(seed)
+    classes, class_files, raw = read_inputs(images, semantics, as_path(class_names))
+    rng = np.random.default_rng(seed)  # draws in a fixed order: unseen, validation classes, test_seen
     unseen_names = choose_unseen(classes, as_path(unseen), unseen_share, rng)
-    ids = {c: i + 1 for i, c in enumerate(classes)}
-    seen = np.array([ids[c] for c in classes if c not in set(unseen_names)])
-    val_classes = np.sort(rng.choice(seen, min(max(round(val_class_share * seen.size), 1), seen.size - 1),
-                                     replace=False))
+    seen = np.array([k + 1 for k, c in enumerate(classes) if c not in unseen_names])
+    n_val = min(max(round(val_class_share * seen.size), 1), seen.size - 1)
+    val_classes = np.sort(rng.choice(seen, n_val, replace=False))
 
     tv = import_torchvision()
     dev = resolve_device(device)
     model = extractor if extractor is not None else build_extractor(weights, tv, seed)  # fails early on bad weights
     files = [f for c in classes for f in class_files[c]]
-    labels = np.array([ids[c] for c in classes for _ in class_files[c]])
+    labels = np.array([k + 1 for k, c in enumerate(classes) for _ in class_files[c]])
     features, bad = extract_features(model, files, dev, preprocessing(tv), batch_size, workers,
                                      skip_bad_images, progress)
-    skipped = [files[i] for i in sorted(bad)]
-    for i in sorted(bad):
-        print(f"skipped (--skip_bad_images): {files[i]} ({bad[i]})")
+    skipped = [str(files[i]) for i in sorted(bad)]
     if bad:
-        keep = np.setdiff1d(np.arange(len(files)), sorted(bad))
-        files, labels, features = [files[i] for i in keep], labels[keep], features[keep]
-        check_counts({c: [f for f, y in zip(files, labels) if y == ids[c]] for c in classes},
-                     why=f" after skipping {len(bad)} undecodable image(s)")
+        files, labels, features = drop_bad_images(files, labels, features, bad, classes)
     locs = make_splits(labels, seen, val_classes, test_seen_share, rng)
-
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        write_xlsa17(tmp, features, labels, [f.relative_to(images).as_posix() for f in files], raw, classes, locs)
-        check_output(out)  # appeared while the features were computed: keep it, drop ours
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    image_files = [f.relative_to(images).as_posix() for f in files]
+    write_atomically(out, lambda folder: write_xlsa17(folder, features, labels, image_files, raw, classes, locs))
     return {"out": str(out), "classes": len(classes), "seen": int(seen.size), "unseen": len(unseen_names),
-            "validation_classes": int(val_classes.size), "images": len(files), "skipped": [str(f) for f in skipped],
+            "validation_classes": int(val_classes.size), "images": len(files), "skipped": skipped,
             "semantic_dim": int(raw.shape[1]), "splits": {k: int(v.size) for k, v in locs.items()},
             "index_type": index_type(labels.size).__name__, "device": str(dev),
             "seconds": round(time.time() - t0, 1)}
@@ -558,8 +575,19 @@ def train_hint(summary: dict) -> str:
     return hint
 
 
+def keep_freed_memory() -> None:
+    """The project's glibc setting (config.py's keep_freed_memory): without it every batch's
+    activations go back to the OS and are page-faulted in again, a quarter of the CPU time here."""
+    try:
+        from fast import keep_freed_memory as keep  # where the speed helpers live after the util.py split
+    except ImportError:
+        from util import keep_freed_memory as keep
+    keep()
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    keep_freed_memory()
     try:
         summary = make_dataset(args.images, args.semantics, args.out, unseen=args.unseen,
                                unseen_share=args.unseen_share, class_names=args.class_names, weights=args.weights,

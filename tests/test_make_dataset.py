@@ -4,7 +4,6 @@ ResNet-101 is slow on a CPU, so the images are few and tiny, and one randomly in
 network (`reference`) serves every test that does not exercise how the network is built.
 """
 import importlib.util
-import shutil
 import subprocess
 import sys
 import urllib.error
@@ -156,23 +155,26 @@ def test_features_equal_a_direct_resnet101_forward(built, reference):
 def test_tiny_training_run_on_it_and_resume_by_name(built, tmp_path):
     root = str(built["folder"].parent)
     tiny = [f"--dataroot={root}", f"--out_dir={tmp_path}", "--device=cpu", "--quiet", "--batchsize=4",
-            "--gen_nepoch=10", "--num_coupling_layers=2", "--hidden_dim=32", "--input_dim=16", "--nSample=10",
-            "--eval_start=9", "--evl_interval=10", "--classifier_epochs=2", "--classifier_batch=16"]
+            "--gen_nepoch=5", "--num_coupling_layers=2", "--hidden_dim=32", "--input_dim=16", "--nSample=10",
+            "--eval_start=4", "--evl_interval=5", "--classifier_epochs=2", "--classifier_batch=16"]
     summary = train.main(Config(), ["--dataset=MINE", *tiny])
-    assert summary["total_iterations"] == 10 and summary["last"]["iteration"] == 10
+    assert summary["total_iterations"] == 5 and summary["last"]["iteration"] == 5  # floor(6 / 4) x 5 epochs
     (run_dir,) = (tmp_path / "MINE").iterdir()
     assert "MINE (xlsa17): 3 seen + 1 unseen classes" in (run_dir / "log.txt").read_text()  # the data's sizes
     resumed = train.main(Config(), ["--dataset=MINE", f"--resume={run_dir}", "--quiet"])
     assert resumed["last"] == summary["last"]
 
 
-def test_weights_file_is_loaded(tmp_path, reference):
+def test_weights_file_is_loaded(built, tmp_path, reference):
     torch.save(random_resnet101().state_dict(), tmp_path / "resnet101.pth")  # = reference's weights, fc included
-    loaded = md.build_extractor(tmp_path / "resnet101.pth").state_dict()
-    expected = reference.state_dict()
+    extractor = md.build_extractor(tmp_path / "resnet101.pth")
+    loaded, expected = extractor.state_dict(), reference.state_dict()
     assert loaded.keys() == expected.keys() and not any(k.startswith("fc.") for k in loaded)
     # torch's RNG is past SEED's draws here, so a file that was not loaded would not match
-    assert all(torch.equal(loaded[k], expected[k]) for k in expected)  # so its features are reference's
+    assert all(torch.equal(loaded[k], expected[k]) for k in expected)
+    images = torch.stack([preprocess_as_specified(built["images"] / "cat" / f"img{i}.png") for i in range(2)])
+    with torch.inference_mode():  # eval mode too: batch-norm statistics are not the batch's
+        assert torch.equal(extractor(images), reference(images))
 
 
 def corrupt_csv(args, row, col, value):
@@ -223,6 +225,33 @@ def test_existing_output_folder_is_refused_and_kept(tmp_path, reference):
         md.make_dataset(**args, extractor=reference)
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["MINE"]
     assert [p.name for p in args["out"].iterdir()] == ["mine.txt"]
+
+
+def no_network(files_bad=()):
+    """A stand-in for extract_features (the network is not what these tests are about)."""
+    return lambda model, files, *a, **k: (np.ones((len(files), 2048), np.float32),
+                                          {i: "OSError: broken" for i, f in enumerate(files) if f.name in files_bad})
+
+
+def test_a_write_that_dies_midway_leaves_nothing(tmp_path, reference, monkeypatch):
+    args = small_input(tmp_path)
+    monkeypatch.setattr(md, "extract_features", no_network())
+
+    def dies_after_the_first_file(folder, *a):
+        (folder / "res101.mat").write_bytes(b"half")
+        raise OSError("No space left on device")
+    monkeypatch.setattr(md, "write_xlsa17", dies_after_the_first_file)
+    with pytest.raises(OSError, match="No space left"):
+        md.make_dataset(**args, extractor=reference)
+    assert list((tmp_path / "data").iterdir()) == []
+
+
+def test_skipping_may_not_leave_a_class_with_one_image(tmp_path, reference, monkeypatch):
+    args = small_input(tmp_path)
+    monkeypatch.setattr(md, "extract_features", no_network(files_bad=("img1.png",)))
+    with pytest.raises(util.DataError, match=r"class 'cat' has 1 image\(s\) after skipping 3 undecodable image\(s\)"):
+        md.make_dataset(**args, extractor=reference, skip_bad_images=True)
+    assert list((tmp_path / "data").iterdir()) == []
 
 
 def test_failed_download_names_the_weights_option(tmp_path, monkeypatch):
