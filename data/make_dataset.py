@@ -105,8 +105,8 @@ def import_torchvision():
 # ----------------------------------------------------------------------------- inputs
 
 def image_extensions() -> set[str]:
-    """Every file extension Pillow can open, lower case (".jpg", ".png", ".webp", ...)."""
-    return {ext.lower() for ext in Image.registered_extensions()}
+    """Every file extension Pillow can open, lower case (".jpg", ".png", ".webp", ...; not write-only ".pdf")."""
+    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
 
 
 def find_images(images: Path) -> dict[str, list[Path]]:
