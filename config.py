@@ -19,7 +19,7 @@ class ConfigError(ValueError):
 @dataclass
 class Config:
     # --- data ---
-    dataset: str = "AWA2"             # AWA2 | APY | CUB | FLO (folder name under dataroot)
+    dataset: str = "AWA2"             # AWA2 | APY | CUB | FLO, or your own (any folder name under dataroot)
     dataroot: str = "./data"          # holds <dataset>/res101.mat + <class_embedding>_splits.mat, or data.mat + label.mat
     layout: str = "auto"              # auto | xlsa17 | epgn (auto: epgn when data.mat is present, else xlsa17)
     image_embedding: str = "res101"   # xlsa17 feature file stem
@@ -88,8 +88,10 @@ SYNTHETIC_SCHEDULE = dict(
     disp_interval=20,
 )
 
+# The benchmarks: each has a train_<DATASET>.py and a --synthetic stand-in. --dataset also
+# takes any other folder under --dataroot (data/make_dataset.py writes one).
+BENCHMARKS = ("AWA2", "APY", "CUB", "FLO")
 CHOICES = {
-    "dataset": ("AWA2", "APY", "CUB", "FLO"),
     "layout": ("auto", "xlsa17", "epgn"),
     "class_embedding": ("att", "sent"),
     "anchors": ("seen", "all"),
@@ -128,7 +130,18 @@ def field_types() -> dict:
     return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
 
 
+def validate_dataset(cfg: Config) -> None:
+    """A folder name under dataroot (its existence is checked when it is loaded)."""
+    name = cfg.dataset
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise ConfigError(f"option --dataset: expected a folder name under --dataroot, got {name!r}")
+    if cfg.synthetic and name not in BENCHMARKS:
+        raise ConfigError(f"option --synthetic: stand-ins exist for {', '.join(BENCHMARKS)} only, "
+                          f"not --dataset={name}")
+
+
 def validate(cfg: Config) -> Config:
+    validate_dataset(cfg)
     for name, allowed in CHOICES.items():
         if getattr(cfg, name) not in allowed:
             raise ConfigError(f"option --{name}: {getattr(cfg, name)!r} is not one of {', '.join(allowed)}")

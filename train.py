@@ -1,6 +1,7 @@
 """The GSMFlow protocol shared by every train_<DATASET>.py: the Trainer and the run loop.
 
     python train_AWA2.py [--key=value ...]      # see config.py for the keys
+    python train.py --dataset=NAME [--key=value ...]   # your own data/NAME, Config defaults (AWA2's)
 
 `Trainer` is the flow-training state and one reference iteration; `run` trains, evaluates
 at the reference's iterations (evaluate.py), checkpoints (runs.py) and reports (report.py);
@@ -23,7 +24,7 @@ import provenance
 import report
 import runs
 import util
-from config import RUN_CONTROL, Config, ConfigError, parse_args, parse_overrides, validate
+from config import BENCHMARKS, RUN_CONTROL, Config, ConfigError, parse_args, parse_overrides, validate
 from evaluate import Evaluator, save_synthetic
 from models import ConditionalFlow, RelativePositioning
 
@@ -217,9 +218,10 @@ def resume(defaults: Config, argv: list[str]) -> dict:
         raise util.DataError(f"{config_path}: not found (--resume takes a run directory)")
     saved = json.loads(config_path.read_text())
     saved.pop("data_files", None)  # provenance written next to the options, not an option
-    if saved.get("dataset") != defaults.dataset:
-        raise ConfigError(f"option --resume: {run_dir} is a {saved.get('dataset')} run; "
-                          f"use train_{saved.get('dataset')}.py")
+    if saved.get("dataset") != updates.get("dataset", defaults.dataset):  # own data: train.py --dataset=NAME
+        script = (f"train_{saved.get('dataset')}.py" if saved.get("dataset") in BENCHMARKS
+                  else f"train.py --dataset={saved.get('dataset')}")
+        raise ConfigError(f"option --resume: {run_dir} is a {saved.get('dataset')} run; use {script}")
     changed = sorted(k for k, v in updates.items() if k not in RUN_CONTROL and saved.get(k) != v)
     if changed:
         raise ConfigError(f"option --{changed[0]} cannot change when resuming (only {', '.join(RUN_CONTROL)} can)")
@@ -316,3 +318,7 @@ def main(defaults: Config, argv: list[str] | None = None) -> dict:
         runs.fail(str(exc))
     except runs.NonFiniteError as exc:
         runs.fail(str(exc), code=3)
+
+
+if __name__ == "__main__":
+    main(Config())  # your own dataset: python train.py --dataset=NAME (Config defaults = AWA2's settings)

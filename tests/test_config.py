@@ -18,7 +18,7 @@ def test_overrides_are_typed():
     ("--lr=fast", "option --lr: expected a number"),
     ("--synthetic=maybe", "option --synthetic: expected true or false"),
     ("--batchsize", "option --batchsize needs a value"),
-    ("--dataset=MNIST", "option --dataset: 'MNIST' is not one of"),
+    ("--dataset=../AWA2", "option --dataset: expected a folder name under --dataroot"),
     ("--batchsize=0", "option --batchsize: must be > 0"),
     ("--dropout=1", r"option --dropout: must be in \[0, 1\)"),
     ("nSample=3", "unexpected argument"),
@@ -26,6 +26,12 @@ def test_overrides_are_typed():
 def test_bad_overrides_name_the_option(arg, match):
     with pytest.raises(ConfigError, match=match):
         parse_overrides(Config(), [arg])
+
+
+def test_dataset_is_any_folder_name_but_synthetic_only_for_benchmarks():
+    assert parse_overrides(Config(), ["--dataset=BIRDS"]).dataset == "BIRDS"  # data/make_dataset.py output
+    with pytest.raises(ConfigError, match="option --synthetic: stand-ins exist for AWA2, APY, CUB, FLO only"):
+        parse_overrides(Config(), ["--dataset=BIRDS", "--synthetic"])
 
 
 def test_synthetic_applies_short_schedule_under_explicit_overrides():
