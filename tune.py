@@ -155,15 +155,18 @@ def open_storage(url: str, heartbeat: int) -> optuna.storages.RDBStorage:
         engine = {"connect_args": {"timeout": 120}}  # workers on one file wait for its lock
     else:
         engine = {"pool_pre_ping": True}  # a server may drop idle connections between long trials
-    try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5, and work
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine, heartbeat_interval=heartbeat,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
-    except Exception as exc:  # SQLAlchemy and the drivers raise many types
-        raise ConfigError(f"option --storage: cannot open {shown(url)} "
-                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5, and work
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine, heartbeat_interval=heartbeat,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
+        except Exception as exc:  # SQLAlchemy and the drivers raise many types
+            error = exc
+            time.sleep(1 + attempt)  # workers started together on a new database race to create its tables
+    raise ConfigError(f"option --storage: cannot open {shown(url)} "
+                      f"({type(error).__name__}: {str(error).splitlines()[0][:200]})")
 
 
 def shown(url: str) -> str:
@@ -175,9 +178,14 @@ def shown(url: str) -> str:
         return url.split("@")[-1]
 
 
+def make_pruner() -> optuna.pruners.BasePruner:
+    """Stops a trial whose validation H at an evaluation is below the median of earlier trials' there."""
+    return optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS)
+
+
 def open_study(storage, name: str, cfg: Config) -> tuple[optuna.Study, bool]:
     """Create the study (its first trial: the script's own values) or join it; True if created."""
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS)
+    pruner = make_pruner()
     try:
         study = optuna.create_study(storage=storage, study_name=name, direction="maximize", pruner=pruner,
                                     sampler=optuna.samplers.TPESampler(seed=cfg.manualSeed))
@@ -371,7 +379,7 @@ def final_runs(cfg: Config, best: dict, seeds: str, select: str, study_dir: Path
         print(f"[{rules[rule]}]")
         print("  " + "  ".join(f"{m} {mean:6.2f} +- {std:5.2f}" for m, (mean, std) in stats.items()))
     out = study_dir / f"final-trial{best['best_trial']}-seeds{seeds.replace(',', '_')}.json"
-    out.write_text(json.dumps({**best, "seeds": seeds, "select": select, **result}, indent=2) + "\n")
+    out.write_text(json.dumps({**best, "select": select, **result}, indent=2) + "\n")
     print(f"written: {out}")
     return result
 
