@@ -100,12 +100,9 @@ def objective(trial: optuna.Trial, cfg: Config, study_dir: Path) -> float:
                                     seeds="", save_synthetic="", resume="", eval_only="")
     assert trial_cfg.validation, "a trial must train and score on the validation split, never the test split"
     trial.set_user_attr("host", socket.gethostname())
-    recorded = []
 
     def on_evaluation(row: dict, run_dir: Path) -> None:
-        if not recorded:
-            trial.set_user_attr("run_dir", str(run_dir))
-            recorded.append(run_dir)
+        trial.set_user_attr("run_dir", str(Path(run_dir).resolve()))
         trial.report(row["H"], row["iteration"])  # the evaluation's best-epoch validation H
         if trial.should_prune():
             note(run_dir, f"pruned by Optuna (trial {trial.number}) after the evaluation at iteration "
@@ -306,13 +303,17 @@ def rounded(value):
     return float(f"{value:.4g}") if isinstance(value, float) else value
 
 
-def settings_block(study: optuna.Study, cfg: Config) -> str:
+def settings_block(study: optuna.Study, cfg: Config, script: Config) -> str:
+    """The best trial's values as train_<DATASET>.py lines, each with the value it replaces."""
     best = study.best_trial
     n_finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-    lines = [f"# study {study.study_name}: trial {best.number} of {n_finished}, validation H {best.value:.2f}",
-             f"# settings selected on validation; paste into train_{cfg.dataset}.py's Config(...):"]
+    lines = [f"# study {study.study_name}: trial {best.number} of {n_finished}, validation H {best.value:.2f}"]
+    under = [f"{k}={v}" for k, v in fingerprint(cfg).items() if k not in SPACE and getattr(script, k) != v]
+    if under:
+        lines.append(f"# found with these changes to train_{cfg.dataset}.py, which the values go with: {' '.join(under)}")
+    lines.append(f"# settings selected on validation; paste into train_{cfg.dataset}.py's Config(...):")
     for name, value in best.params.items():
-        lines.append(f"    {name}={rounded(value)!r},".ljust(32) + f"# script: {getattr(cfg, name)!r}")
+        lines.append(f"    {name}={rounded(value)!r},".ljust(32) + f"# was {getattr(cfg, name)!r}")
     return "\n".join(lines)
 
 
@@ -349,12 +350,12 @@ def write_plots(study: optuna.Study, study_dir: Path) -> list[str]:
     return written
 
 
-def report(cfg: Config, opts: dict, storage, name: str, study_dir: Path, select: str) -> dict:
+def report(cfg: Config, script: Config, opts: dict, storage, name: str, study_dir: Path, select: str) -> dict:
     study = load_existing_study(storage, name, cfg)
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise ConfigError(f"option --report: study {name} has no complete trial yet")
     study_dir.mkdir(parents=True, exist_ok=True)
-    print(settings_block(study, cfg))
+    print(settings_block(study, cfg, script))
     write_trials_csv(study, study_dir / "trials.csv")
     print(f"written: {study_dir / 'trials.csv'}")
     for path in write_plots(study, study_dir):
@@ -438,7 +439,8 @@ def main(argv: list[str] | None = None):
             if key in explicit:
                 raise ConfigError(f"option --{key}: not for tune.py (every trial runs with --validation; "
                                   f"the test-split runs are --report --final_seeds=...)")
-        cfg = parse_overrides(importlib.import_module(f"train_{dataset}").config, overrides)
+        script = importlib.import_module(f"train_{dataset}").config
+        cfg = parse_overrides(script, overrides)
         for name in SPACE:
             bounds(name, cfg)
         name = opts["study"] or f"{dataset}{'-synthetic' if cfg.synthetic else ''}-space{SPACE_VERSION}"
@@ -451,7 +453,7 @@ def main(argv: list[str] | None = None):
         study_dir = tune_dir / name
         if opts["report"]:
             # final runs default to --select=val: the evaluation and classifier epoch are chosen on validation too
-            return report(cfg, opts, storage, name, study_dir, explicit.get("select", "val"))
+            return report(cfg, script, opts, storage, name, study_dir, explicit.get("select", "val"))
         return work(cfg, opts, storage, name, study_dir)
     except (ConfigError, util.DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
