@@ -127,8 +127,12 @@ class Trainer:
         self.next_iteration = state["next_iteration"]
 
 
-def run(cfg: Config, resume_dir: Path | None = None) -> dict:
-    """Train and evaluate once (or continue `resume_dir`); returns the summary (also in summary.json)."""
+def run(cfg: Config, resume_dir: Path | None = None, on_evaluation=None) -> dict:
+    """Train and evaluate once (or continue `resume_dir`); returns the summary (also in summary.json).
+
+    `on_evaluation(row, run_dir)`, if given, is called after each evaluation's row is logged and
+    its checkpoints written (tune.py reports it to Optuna); an exception it raises ends the run.
+    """
     device = runs.resolve_device(cfg.device)
     data = prepare_data(cfg)  # bad input fails here, before a run directory exists
     if cfg.batchsize >= len(data.train_label):
@@ -193,6 +197,8 @@ def run(cfg: Config, resume_dir: Path | None = None) -> dict:
                 runs.save_checkpoint(run_dir / "best.pt", cfg, data, trainer, rows, full=False)
             runs.save_checkpoint(run_dir / "last.pt", cfg, data, trainer, rows, full=True)
             last_saved = it
+            if on_evaluation is not None:
+                on_evaluation(row, run_dir)
     bar.close()
     if last_saved != total:
         runs.save_checkpoint(run_dir / "last.pt", cfg, data, trainer, rows, full=True)

@@ -75,12 +75,15 @@ class GZSLData:
                 f"test unseen {len(self.test_unseen_label)} images")
 
 
-def load_mat(path: Path) -> dict:
-    """scipy.io.loadmat with one-line errors for a missing or unreadable file."""
+def load_mat(path: Path, keys: list[str] | None = None) -> dict:
+    """scipy.io.loadmat with one-line errors for a missing or unreadable file.
+
+    `keys`: read only these variables (the others are skipped in the file, never decoded).
+    """
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        return sio.loadmat(str(path))
+        return sio.loadmat(str(path), variable_names=keys)
     except NotImplementedError:
         raise DataError(f"{path}: MATLAB v7.3 (HDF5) files are not supported; "
                         f"re-save it with save(..., '-v7')") from None
@@ -150,10 +153,7 @@ def load_dataset(dataroot: str, dataset: str, layout: str = "auto", image_embedd
         layout = "xlsa17"
     layout = detect_layout(folder, layout)
     if layout == "epgn":
-        if validation:
-            raise DataError(f"{folder / 'data.mat'}: --validation needs the xlsa17 split files (their val_loc "
-                            f"names the validation classes); the E-PGN layout has none")
-        return load_epgn(folder, dataset)
+        return load_epgn(folder, dataset, (val_seen_share, seed) if validation else None)
     return load_xlsa17(folder, dataset, image_embedding, class_embedding,
                        (val_seen_share, seed) if validation else None)
 
@@ -248,8 +248,14 @@ def load_xlsa17(folder: Path, name: str, image_embedding: str = "res101", class_
         source=f"{feat_path} + {split_path} ({split} split)", files=(feat_path, split_path))
 
 
-def load_epgn(folder: Path, name: str) -> GZSLData:
-    """`data.mat` + `label.mat` as released with E-PGN (the authors' CUB and FLO runs)."""
+def load_epgn(folder: Path, name: str, validation: tuple[float, int] | None = None) -> GZSLData:
+    """`data.mat` + `label.mat` as released with E-PGN (the authors' CUB and FLO runs).
+
+    `validation=(share, seed)`: the leak-free split of the training images instead
+    (`load_epgn_validation`); the test arrays are then never read.
+    """
+    if validation is not None:
+        return load_epgn_validation(folder, name, *validation)
     data_path, label_path = folder / "data.mat", folder / "label.mat"
     dmat = load_mat(data_path)
     feats = {k: mat_array(dmat, k, data_path, ndim=2) for k in ("train_fea", "test_seen_fea", "test_unseen_fea")}
@@ -306,6 +312,69 @@ def load_epgn(folder: Path, name: str) -> GZSLData:
         seen_semantics=seen_pro.astype(np.float32), unseen_semantics=unseen_pro.astype(np.float32),
         seen_ids=np.arange(1, n_seen + 1), unseen_ids=np.arange(1, n_unseen + 1),
         source=f"{data_path} + {label_path}", files=(data_path, label_path))
+
+
+# Seen classes that xlsa17's proposed split holds out as validation classes (the classes of
+# val_loc): AWA2 13 of 40, APY 5 of 20, CUB 50 of 150, FLO 20 of 82. E-PGN files have no
+# val_loc, so --validation draws this many of their seen classes.
+XLSA17_VALIDATION_CLASSES = {"AWA2": 13, "APY": 5, "CUB": 50, "FLO": 20}
+OTHER_VALIDATION_SHARE = 0.25  # any other dataset name: a quarter of its seen classes (APY's 5/20, FLO's 20/82)
+
+
+def validation_class_count(name: str, n_seen: int) -> int:
+    """How many seen classes become validation-unseen: xlsa17's count, at least 1, at most n_seen - 1."""
+    n = XLSA17_VALIDATION_CLASSES.get(name, round(OTHER_VALIDATION_SHARE * n_seen))
+    return min(max(n, 1), n_seen - 1)
+
+
+def load_epgn_validation(folder: Path, name: str, share: float, seed: int) -> GZSLData:
+    """The leak-free GZSL split of E-PGN's training images (`--validation` without val_loc).
+
+    `validation_class_count` seen classes, drawn with `seed`, become validation-unseen (all
+    their training images); `validation_rows` then holds out `share` of each other class's
+    images as seen-validation, exactly as for xlsa17. Only `train_fea`, `seen_pro` and
+    `train_idx` are read from the files: the test arrays are not loaded, checked or copied.
+    """
+    data_path, label_path = folder / "data.mat", folder / "label.mat"
+    dmat = load_mat(data_path, keys=["train_fea", "seen_pro"])
+    features = mat_array(dmat, "train_fea", data_path, ndim=2)
+    seen_pro = mat_array(dmat, "seen_pro", data_path, ndim=2)
+    for key, arr in (("train_fea", features), ("seen_pro", seen_pro)):
+        check_finite(arr, data_path, key)
+    lmat = load_mat(label_path, keys=["train_idx"])
+    n_labels = mat_array(lmat, "train_idx", label_path).size
+    if n_labels != features.shape[0]:
+        raise DataError(f"{label_path}: 'train_idx' has {n_labels} labels but 'train_fea' in {data_path.name} "
+                        f"has {features.shape[0]} rows")
+    n_seen = seen_pro.shape[0]
+    labels = one_based_index(lmat, "train_idx", label_path, n_seen, f"the number of rows of 'seen_pro' in {data_path.name}")
+    if np.unique(labels).size != n_seen or n_seen < 2:
+        raise DataError(f"{label_path}: 'train_idx' holds {np.unique(labels).size} classes but 'seen_pro' has "
+                        f"{n_seen} rows: every seen class needs training images (and --validation needs two)")
+
+    n_val = validation_class_count(name, n_seen)
+    why = (f"as many as xlsa17 holds out for {name}" if name in XLSA17_VALIDATION_CLASSES
+           else f"a quarter of them ({name} is not an xlsa17 dataset)")
+    unseen = np.sort(np.random.default_rng(seed).choice(n_seen, n_val, replace=False))
+    every = np.arange(labels.size)
+    locs = validation_rows(labels, every, every[np.isin(labels, unseen)], share, seed)
+    seen = np.setdiff1d(np.arange(n_seen), unseen)
+    # The reference's E-PGN quirk, as in load_epgn: raw features over the max of the scaled training rows (1.0).
+    mx = MinMaxScaler().fit_transform(features[locs["trainval_loc"]]).max()
+    if not mx > 0:
+        raise DataError(f"{data_path}: 'train_fea' is constant")
+    part = lambda key: torch.from_numpy(np.asarray(features[locs[key]] * (1 / mx))).float().numpy()
+    label = lambda key, classes: remap(labels[locs[key]], classes)
+    return GZSLData(
+        name=name, layout="epgn",
+        train_feature=part("trainval_loc"), train_label=label("trainval_loc", seen),
+        test_seen_feature=part("test_seen_loc"), test_seen_label=label("test_seen_loc", seen),
+        test_unseen_feature=part("test_unseen_loc"), test_unseen_label=label("test_unseen_loc", unseen),
+        seen_semantics=seen_pro[seen].astype(np.float32), unseen_semantics=seen_pro[unseen].astype(np.float32),
+        seen_ids=seen + 1, unseen_ids=unseen + 1, rows=locs, split="validation",
+        source=f"{data_path} + {label_path} (validation split: no val_loc in the E-PGN layout, so {n_val} of "
+               f"the {n_seen} seen classes, drawn with seed {seed}, are validation-unseen, {why}; "
+               f"test arrays not read)")
 
 
 def class_centroids(features: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:

@@ -43,63 +43,23 @@ import argparse
 import csv
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import scipy.io as sio
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as `python data/make_dataset.py` from anywhere
-    sys.path.insert(0, str(ROOT))
+for folder in (ROOT, ROOT / "data"):  # run as `python data/make_dataset.py` from anywhere, or loaded by file path
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
 from util import DataError  # noqa: E402
-
-IMAGE_SIZE = 224
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_WEIGHTS = "IMAGENET1K_V1"
-FEATURE_DIM = 2048
-
-# ----------------------------------------------------------------------------- torchvision
-
-# Kept alive for the whole process: dropping the Library object would undefine the schemas.
-_TORCHVISION_STUB_OPS = None
-
-
-def import_torchvision():
-    """`import torchvision`, working around a torchvision whose compiled ops cannot load.
-
-    PyPI's torchvision 0.28.0 can be a CUDA build whose `_C` extension does not load beside
-    a CPU torch. Its import then fails in `_meta_registrations.py`, which registers fake
-    kernels for `torchvision::nms` and `torchvision::qnms` whether or not the ops exist
-    ("operator torchvision::nms does not exist"). Only for that failure, the two schemas are
-    defined here (without kernels) and the import is retried. Nothing on this path uses
-    torchvision's compiled ops: ResNet-101 and the PIL transforms are pure Python/torch.
-    """
-    global _TORCHVISION_STUB_OPS
-    try:
-        import torchvision
-        return torchvision
-    except RuntimeError as exc:
-        if "torchvision::nms does not exist" not in str(exc):
-            raise
-    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-        del sys.modules[name]  # the half-imported package, so that the retry starts clean
-    lib = torch.library.Library("torchvision", "DEF")
-    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    _TORCHVISION_STUB_OPS = lib
-    print("note: torchvision's compiled ops do not load beside this torch build; defined the nms/qnms "
-          "schemas without kernels so that torchvision imports (ResNet-101 does not use them)", file=sys.stderr)
-    import torchvision
-    return torchvision
+from xlsa17 import (DEFAULT_WEIGHTS, build_extractor, check_output, extract_features,  # noqa: E402
+                    import_torchvision, index_type, make_splits, preprocessing, resolve_device, shorten,
+                    write_atomically, write_xlsa17)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -232,10 +192,6 @@ def match_classes(class_files: dict[str, list[Path]], names: list[str], raw: np.
     return classes, raw[[position[c] for c in classes]]
 
 
-def shorten(items: list[str], limit: int = 5) -> str:
-    head = ", ".join(repr(i) for i in items[:limit])
-    return head + (f" and {len(items) - limit} more" if len(items) > limit else "")
-
 
 def check_counts(class_files: dict[str, list], why: str = "") -> None:
     small = [c for c, files in sorted(class_files.items()) if len(files) < 2]
@@ -267,175 +223,7 @@ def choose_unseen(classes: list[str], unseen: Path | None, unseen_share: float |
     return names
 
 
-def check_output(out: Path) -> None:
-    if out.exists():
-        raise DataError(f"{out}: --out exists; not overwriting it (remove it or pick another name)")
-    if not out.parent.is_dir():
-        raise DataError(f"{out.parent}: the parent folder of --out does not exist")
-
-
-# ----------------------------------------------------------------------------- features
-
-def build_extractor(weights, torchvision=None, init_seed: int | None = None) -> torch.nn.Module:
-    """ResNet-101 up to its global average pool (fc replaced by identity), in eval mode.
-
-    `weights`: None (random init), a torchvision weights name (IMAGENET1K_V1, IMAGENET1K_V2)
-    or a state-dict file. The random init draws from torch's RNG, or, with `init_seed`, from
-    a fork of it seeded with `init_seed` (same network every time; the caller's RNG untouched).
-    """
-    tv = torchvision or import_torchvision()
-    with torch.random.fork_rng(devices=[], enabled=init_seed is not None):
-        if init_seed is not None:
-            torch.manual_seed(init_seed)
-        model = tv.models.resnet101(weights=None)
-    if weights is not None:
-        name = str(weights).upper()
-        if name in tv.models.ResNet101_Weights.__members__:
-            model.load_state_dict(download_weights(tv.models.ResNet101_Weights[name]))
-        else:
-            load_weights_file(model, Path(weights).expanduser())
-    model.fc = torch.nn.Identity()
-    return model.eval()
-
-
-def download_weights(weights) -> dict:
-    try:
-        return weights.get_state_dict(progress=True, check_hash=True)
-    except Exception as exc:  # no network, proxy, bad hash, full disk...: all end the same way
-        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
-        raise DataError(f"could not download the ResNet-101 ImageNet weights {weights.url} ({reason}); "
-                        f"without internet, fetch that file elsewhere and pass --weights=FILE") from None
-
-
-def load_weights_file(model: torch.nn.Module, path: Path) -> None:
-    if not path.is_file():
-        raise DataError(f"{path}: --weights file not found (or give IMAGENET1K_V1, IMAGENET1K_V2 or none)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DataError(f"{path}: --weights is not a readable state dict ({type(exc).__name__}); "
-                        f"save one with torch.save(model.state_dict(), FILE)") from None
-    if not isinstance(state, dict):
-        raise DataError(f"{path}: --weights holds a {type(state).__name__}, not a state dict")
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:
-        raise DataError(f"{path}: --weights does not fit ResNet-101 ({str(exc).split(chr(10))[1].strip()})") from None
-    missing = [k for k in missing if not k.startswith("fc.")]  # the classifier is dropped anyway
-    if missing or unexpected:
-        what = f"missing {shorten(missing, 3)}" if missing else f"unexpected {shorten(unexpected, 3)}"
-        raise DataError(f"{path}: --weights is not a ResNet-101 state dict ({what})")
-
-
-def preprocessing(torchvision=None):
-    """xlsa17's input: the whole image resized to 224 x 224, ImageNet normalisation."""
-    transforms = (torchvision or import_torchvision()).transforms
-    return transforms.Compose([transforms.Resize((IMAGE_SIZE, IMAGE_SIZE)), transforms.ToTensor(),
-                               transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-
-
-class ImageFiles(torch.utils.data.Dataset):
-    """Decoded, preprocessed images; a file that does not decode yields zeros and its reason."""
-
-    def __init__(self, files: list[Path], transform):
-        self.files, self.transform = files, transform
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int):
-        try:
-            with Image.open(self.files[i]) as img:
-                return self.transform(img.convert("RGB")), ""
-        except Exception as exc:  # Pillow raises many types for broken files; the caller names the file
-            return torch.zeros(3, IMAGE_SIZE, IMAGE_SIZE), " ".join(f"{type(exc).__name__}: {exc}".split()) or "error"
-
-
-def extract_features(model: torch.nn.Module, files: list[Path], device: torch.device, transform,
-                     batch_size: int = 32, workers: int = 0, skip_bad_images: bool = False,
-                     progress: bool | None = None) -> tuple[np.ndarray, dict[int, str]]:
-    """(N, 2048) float32 features and {index: reason} of the files that did not decode.
-
-    Without `skip_bad_images` the first undecodable file stops it with a DataError.
-    """
-    loader = torch.utils.data.DataLoader(ImageFiles(files, transform), batch_size=batch_size, num_workers=workers,
-                                         pin_memory=device.type == "cuda")
-    features = np.empty((len(files), FEATURE_DIM), dtype=np.float32)
-    bad: dict[int, str] = {}
-    model = model.to(device)
-    tf32 = torch.backends.cudnn.conv.fp32_precision
-    torch.backends.cudnn.conv.fp32_precision = "ieee"  # float32 convolutions on the GPU, as the CPU computes
-    try:
-        with torch.inference_mode(), tqdm(total=len(files), unit="img", desc="ResNet-101",
-                                          disable=None if progress is None else not progress) as bar:
-            start = 0
-            for images, reasons in loader:
-                for j, reason in enumerate(reasons):
-                    if reason:
-                        if not skip_bad_images:
-                            raise DataError(f"{files[start + j]}: cannot decode this image ({reason}); fix or "
-                                            f"remove it, or pass --skip_bad_images to leave it out")
-                        bad[start + j] = reason
-                out = model(images.to(device, non_blocking=True))
-                features[start:start + len(reasons)] = out.float().cpu().numpy()
-                start += len(reasons)
-                bar.update(len(reasons))
-    finally:
-        torch.backends.cudnn.conv.fp32_precision = tf32
-    return features, bad
-
-
-# ----------------------------------------------------------------------------- splits and files
-
-def make_splits(labels: np.ndarray, seen: np.ndarray, val_classes: np.ndarray, test_seen_share: float,
-                rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """1-based image rows of each split (labels are 1-based class ids; unseen = not in `seen`)."""
-    test_seen = []
-    for c in seen:
-        rows = np.flatnonzero(labels == c)
-        k = min(max(round(test_seen_share * rows.size), 1), rows.size - 1)
-        test_seen.append(rng.choice(rows, k, replace=False))
-    test_seen = np.sort(np.concatenate(test_seen))
-    is_seen = np.isin(labels, seen)
-    trainval = np.setdiff1d(np.flatnonzero(is_seen), test_seen)
-    in_val = np.isin(labels[trainval], val_classes)
-    rows = {"trainval_loc": trainval, "test_seen_loc": test_seen, "test_unseen_loc": np.flatnonzero(~is_seen),
-            "train_loc": trainval[~in_val], "val_loc": trainval[in_val]}
-    return {key: r + 1 for key, r in rows.items()}
-
-
-def index_type(n_images: int) -> type:
-    """xlsa17 stores locs as uint16, which holds row numbers up to 65,535 only."""
-    return np.uint16 if n_images <= np.iinfo(np.uint16).max else np.uint32
-
-
-def cell(strings: list[str]) -> np.ndarray:
-    """An (n, 1) object array: scipy writes it as a MATLAB cell of strings."""
-    out = np.empty((len(strings), 1), dtype=object)
-    out[:, 0] = strings
-    return out
-
-
-def write_xlsa17(folder: Path, features: np.ndarray, labels: np.ndarray, image_files: list[str],
-                 raw: np.ndarray, classes: list[str], locs: dict[str, np.ndarray]) -> None:
-    """res101.mat + att_splits.mat into `folder` (exists, empty)."""
-    sio.savemat(folder / "res101.mat", {"features": np.ascontiguousarray(features.T),
-                                        "labels": labels.reshape(-1, 1).astype(np.float64),
-                                        "image_files": cell(image_files)}, do_compression=False)
-    att = raw.T / np.linalg.norm(raw.T, axis=0, keepdims=True)
-    kind = index_type(labels.size)
-    sio.savemat(folder / "att_splits.mat", {
-        "att": att, "original_att": raw.T.copy(), "allclasses_names": cell(classes),
-        **{key: r.reshape(-1, 1).astype(kind) for key, r in locs.items()}})
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DataError(f"option --device={name}: CUDA is not available here")
-    return torch.device(name)
-
+# ----------------------------------------------------------------------------- the dataset
 
 def read_inputs(images: Path, semantics: Path, class_names: Path | None):
     """Sorted class names, their image files and their (C, d) raw semantic rows, all checked."""
@@ -459,18 +247,6 @@ def drop_bad_images(files: list[Path], labels: np.ndarray, features: np.ndarray,
     check_counts({c: np.flatnonzero(labels == k + 1).tolist() for k, c in enumerate(classes)},
                  why=f" after skipping {len(bad)} undecodable image(s)")
     return files, labels, features
-
-
-def write_atomically(out: Path, write) -> None:
-    """`write(folder)` into a temp folder beside `out`, renamed to `out` at the end; on any error, nothing."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        write(tmp)
-        check_output(out)  # appeared while the features were computed: keep it, drop ours
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def make_dataset(images, semantics, out, unseen=None, unseen_share: float | None = None, class_names=None,
