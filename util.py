@@ -3,7 +3,7 @@ class centroids, relative-positioning anchors, the batch sampler, and the metric
 
 What the authors' util.py holds. Everything follows ../shared/SPEC.md (the authors' reference
 run); where the reference has a quirk that changes numbers, the quirk is kept and named in a
-comment. Imports nothing of ours.
+comment. Imports matfiles (MAT reading) only.
 """
 from __future__ import annotations
 
@@ -11,15 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.io as sio
 import torch
 from sklearn.metrics.pairwise import cosine_similarity
 from sklearn.preprocessing import MinMaxScaler
 
-
-
-class DataError(ValueError):
-    """Bad benchmark input. The message is one line naming the file and key at fault."""
+from matfiles import DataError, check_finite, load_mat, mat_array, one_based_index  # noqa: F401 (DataError: util's API)
 
 
 # ----------------------------------------------------------------------------- data I/O
@@ -73,55 +69,6 @@ class GZSLData:
                 f"semantic dim {self.seen_semantics.shape[1]}, feature dim {self.feature_dim}; "
                 f"train {len(self.train_label)} / test seen {len(self.test_seen_label)} / "
                 f"test unseen {len(self.test_unseen_label)} images")
-
-
-def load_mat(path: Path, keys: list[str] | None = None) -> dict:
-    """scipy.io.loadmat with one-line errors for a missing or unreadable file.
-
-    `keys`: read only these variables (the others are skipped in the file, never decoded).
-    """
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        return sio.loadmat(str(path), variable_names=keys)
-    except NotImplementedError:
-        raise DataError(f"{path}: MATLAB v7.3 (HDF5) files are not supported; "
-                        f"re-save it with save(..., '-v7')") from None
-    except Exception as exc:  # scipy raises several types for non-MAT input
-        raise DataError(f"{path}: not a readable MAT file ({type(exc).__name__}: {exc})") from None
-
-
-def mat_array(mat: dict, key: str, path: Path, ndim: int | None = None) -> np.ndarray:
-    if key not in mat:
-        keys = ", ".join(k for k in mat if not k.startswith("__"))
-        raise DataError(f"{path}: missing key '{key}' (found: {keys})")
-    arr = mat[key]
-    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
-        raise DataError(f"{path}: key '{key}' is not a numeric array")
-    if ndim is not None and arr.ndim != ndim:
-        raise DataError(f"{path}: key '{key}' has shape {arr.shape}, expected a {ndim}-D array")
-    return arr
-
-
-def check_finite(arr: np.ndarray, path: Path, key: str) -> None:
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        bad = np.argwhere(~np.isfinite(arr))[0]
-        raise DataError(f"{path}: key '{key}' holds NaN or Inf (first at index {tuple(int(i) for i in bad)})")
-
-
-def one_based_index(mat: dict, key: str, path: Path, upper: int, upper_what: str) -> np.ndarray:
-    """A MATLAB 1-based index vector (locs or labels), returned 0-based."""
-    arr = mat_array(mat, key, path)
-    if arr.size == 0:
-        raise DataError(f"{path}: key '{key}' is empty")
-    if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
-        raise DataError(f"{path}: key '{key}' holds non-integer values")
-    idx = arr.astype(np.int64).reshape(-1)
-    if idx.min() < 1:
-        raise DataError(f"{path}: key '{key}' holds {idx.min()}: indices must be 1-based (MATLAB style)")
-    if idx.max() > upper:
-        raise DataError(f"{path}: key '{key}' reaches {idx.max()} but {upper_what} is {upper}")
-    return idx - 1
 
 
 def remap(labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
