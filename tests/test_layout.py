@@ -22,6 +22,7 @@ LIBRARY = {
     "fast": {"config"},
     "runs": {"util"},
     "report": {"util"},
+    "studies": {"config"},
     "evaluate": {"config", "util", "models", "fast", "runs"},
     "train": {"config", "util", "models", "fast", "runs", "evaluate", "report", "synthetic", "provenance"},
 }
