@@ -205,7 +205,7 @@ def test_speed_options_validated_and_off_by_default():
 
 
 def test_bench_counts_the_flops_of_a_linear_layer():
-    from bench.bench import MatmulRecorder, Replay
+    from bench.measure import MatmulRecorder, Replay
     lin = torch.nn.Linear(8, 4)
     x = torch.randn(5, 8, requires_grad=True)
     with MatmulRecorder() as rec:
