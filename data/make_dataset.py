@@ -56,9 +56,10 @@ for folder in (ROOT, ROOT / "data"):  # run as `python data/make_dataset.py` fro
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
+from runs import resolve_device  # noqa: E402
 from util import DataError  # noqa: E402
 from xlsa17 import (DEFAULT_WEIGHTS, build_extractor, check_output, extract_features,  # noqa: E402
-                    import_torchvision, index_type, make_splits, preprocessing, resolve_device, shorten,
+                    import_torchvision, index_type, make_splits, preprocessing, shorten,
                     write_atomically, write_xlsa17)
 
 

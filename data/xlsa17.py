@@ -175,14 +175,6 @@ def extract_features(model: torch.nn.Module, files: list[Path], device: torch.de
     return features, bad
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DataError(f"option --device={name}: CUDA is not available here")
-    return torch.device(name)
-
-
 def shorten(items: list[str], limit: int = 5) -> str:
     """Up to `limit` quoted items, then how many more (make_dataset.py's messages use it too)."""
     head = ", ".join(repr(i) for i in items[:limit])
