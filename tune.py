@@ -40,7 +40,7 @@ import train
 import util
 from config import Config, ConfigError, parse_args, parse_overrides
 from report import choose_on_validation, print_seed_table
-from runs import NonFiniteError, read_jsonl
+from runs import NonFiniteError, fail, read_jsonl
 from studies import (check_same_config, exclusive, fingerprint, load_existing_study, open_storage,  # noqa: F401
                      shown, started)
 
@@ -373,8 +373,7 @@ def main(argv: list[str] | None = None):
             return report(cfg, script, opts, storage, name, study_dir, explicit.get("select", "val"))
         return work(cfg, opts, storage, name, study_dir)
     except (ConfigError, util.DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
+        fail(str(exc))
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ for folder in (ROOT, ROOT / "data"):  # run as `python data/make_dataset.py` fro
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from runs import resolve_device  # noqa: E402
+from runs import fail, resolve_device  # noqa: E402
 from util import DataError  # noqa: E402
 from xlsa17 import (DEFAULT_WEIGHTS, build_extractor, check_output, extract_features,  # noqa: E402
                     import_torchvision, index_type, make_splits, preprocessing, shorten,
@@ -369,8 +369,7 @@ def main(argv: list[str] | None = None) -> dict:
                                test_seen_share=args.test_seen_share, val_class_share=args.val_class_share,
                                batch_size=args.batch_size, workers=args.workers, device=args.device)
     except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
+        fail(str(exc))
     s = summary["splits"]
     print(f"written: {summary['out']}/res101.mat + att_splits.mat in {summary['seconds']:.0f}s on {summary['device']}")
     print(f"{summary['classes']} classes ({summary['seen']} seen, {summary['validation_classes']} of them validation; "
