@@ -1,78 +1,127 @@
-"""Typed run configuration with `--key=value` overrides.
+"""The run options: one registry of every option of a training run, and its overrides.
 
-Field names follow the authors' command-line options (`gen_nepoch`, `nSample`,
-`manualSeed`, ...) so their commands keep working. The per-dataset scripts set
-the reference values; `parse_overrides` applies the command line on top and
-rejects unknown keys and values of the wrong type.
+Each `Config` field carries its help text, its kind (cli.KINDS: data, architecture, schedule,
+evaluation, selection, run, place, speed), its bounds or choices and, for tune.py, its search
+range: every list of options elsewhere (what --resume may change, what --eval_only rebuilds,
+what a tuning study's workers may differ in, what tune.py searches) is derived from here.
+Adding an option is one field. Field names follow the authors' command-line options
+(`gen_nepoch`, `nSample`, `manualSeed`, ...) so their commands keep working. The per-dataset
+scripts set the reference values; `parse_overrides` applies the command line on top.
 """
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass
 
+import cli
+from benchmarks import NAMES as BENCHMARKS
+from cli import ConfigError, opt  # noqa: F401 (ConfigError: config's API)
 
-class ConfigError(ValueError):
-    """A bad option on the command line (one line, names the option)."""
+POS, NONNEG = dict(low=0, low_open=True), dict(low=0)
 
 
 @dataclass
 class Config:
     # --- data ---
-    dataset: str = "AWA2"             # AWA2 | APY | CUB | FLO, or your own (any folder name under dataroot)
-    dataroot: str = "./data"          # holds <dataset>/res101.mat + <class_embedding>_splits.mat, or data.mat + label.mat
-    layout: str = "auto"              # auto | xlsa17 | epgn (auto: epgn when data.mat is present, else xlsa17)
-    image_embedding: str = "res101"   # xlsa17 feature file stem
-    class_embedding: str = "att"      # xlsa17 split file stem: att | sent
-    anchors: str = "seen"             # relative-positioning anchors from 'seen' or 'all' class vectors
-    synthetic: bool = False           # generate a small benchmark-shaped dataset and run a short schedule
+    dataset: str = opt("AWA2", "AWA2 | APY | CUB | FLO, or your own: any folder name under --dataroot", "data",
+                       dataset=True)
+    layout: str = opt("auto", "file layout; auto: epgn when data.mat is present, else xlsa17", "data",
+                      choices=("auto", "xlsa17", "epgn"))
+    image_embedding: str = opt("res101", "xlsa17 feature file stem (<stem>.mat)", "data")
+    class_embedding: str = opt("att", "xlsa17 split file stem: att | sent (<stem>_splits.mat)", "data",
+                               choices=("att", "sent"))
+    synthetic: bool = opt(False, "generate a small benchmark-shaped stand-in and run a short schedule "
+                                 "(a demo: not benchmark numbers)", "data")
+
+    # --- architecture ---
+    anchors: str = opt("seen", "relative-positioning anchors from the 'seen' or 'all' class vectors", "architecture",
+                       choices=("seen", "all"))
+    num_coupling_layers: int = opt(3, "GLOW coupling blocks of the flow", "architecture", low=1,
+                                   tune=("int", 2, 6))  # the authors: 3 or 5
+    hidden_dim: int = opt(2048, "width of each coupling subnet", "architecture", **POS)
+    input_dim: int = opt(1024, "size of the global semantic vector (the flow's condition)", "architecture", **POS)
 
     # --- flow training ---
-    gen_nepoch: int = 500             # flow epochs; total iterations = floor(N_train / batchsize) * gen_nepoch
-    lr: float = 3e-4
-    weight_decay: float = 3e-6
-    lr_gamma: float = 0.92            # StepLR gamma (the authors hard-coded it per script)
-    lr_step: int = 15                 # StepLR step size, in epochs of ceil(N_train / batchsize) iterations
-    batchsize: int = 256
-    num_coupling_layers: int = 3
-    hidden_dim: int = 2048            # width of each coupling subnet
-    input_dim: int = 1024             # size of the global semantic vector (flow condition)
-    prototype: float = 10.0           # weight of the prototype loss (0 disables it)
-    pi: float = 0.15                  # scale of the visual perturbation
-    dropout: float = 0.0              # probability that a dimension gets no perturbation
-    manualSeed: int = 6152
+    gen_nepoch: int = opt(500, "flow epochs; iterations = floor(N_train / batchsize) * gen_nepoch", "schedule", **POS)
+    lr: float = opt(3e-4, "Adam learning rate of the flow", "schedule", **NONNEG,
+                    tune=("factor", 1 / 3, 3.0))  # the authors: 3e-4 everywhere
+    weight_decay: float = opt(3e-6, "Adam weight decay of the flow", "schedule", **NONNEG,
+                              tune=("factor", 0.1, 10.0))  # the authors: 1e-6 .. 1e-4
+    lr_gamma: float = opt(0.92, "StepLR gamma (the authors hard-coded it per script)", "schedule", **NONNEG)
+    lr_step: int = opt(15, "StepLR step, in epochs of ceil(N_train / batchsize) iterations", "schedule", **POS)
+    batchsize: int = opt(256, "flow batch size", "schedule", **POS)
+    prototype: float = opt(10.0, "weight of the prototype loss (0: off)", "schedule", **NONNEG,
+                           tune=("log", 0.3, 30.0))  # the authors: 1 .. 10
+    pi: float = opt(0.15, "scale of the visual perturbation", "schedule", **NONNEG,
+                    tune=("uniform", 0.0, 0.3))  # the authors: 0.02 (APY) .. 0.15 (AWA2)
+    dropout: float = opt(0.0, "probability that a feature dimension gets no perturbation", "schedule",
+                         low=0, high=1, high_open=True, tune=("uniform", 0.0, 0.5))  # the authors: 0
+    manualSeed: int = opt(6152, "seed of every random draw (python, numpy, torch)", "schedule", low=0, high=2**32 - 1)
 
     # --- evaluation ---
-    nSample: int = 50000              # synthetic features per unseen class
-    eval_start: int = 30000           # evaluate only at iterations > eval_start ...
-    evl_interval: int = 500           # ... that are multiples of evl_interval
-    classifier_lr: float = 1e-3
-    classifier_epochs: int = 30
-    classifier_batch: int = 1200
-    eval_zsl: bool = True             # also train the unseen-only (ZSL) softmax at each evaluation
+    nSample: int = opt(50000, "synthetic features per unseen class", "evaluation", **POS,
+                       tune=("factor", 0.25, 2.0))  # the authors: 600 .. 50,000 (x2 at most: AWA2's 4 GB buffer)
+    eval_start: int = opt(30000, "evaluate only at iterations above this ...", "evaluation")
+    evl_interval: int = opt(500, "... that are multiples of this", "evaluation", **POS)
+    classifier_lr: float = opt(1e-3, "Adam learning rate of the softmax classifiers", "evaluation", **NONNEG,
+                               tune=("factor", 1 / 3, 3.0))  # the authors: 1e-3 .. 1e-2
+    classifier_epochs: int = opt(30, "epochs of each softmax classifier", "evaluation", **POS)
+    classifier_batch: int = opt(1200, "batch size of the softmax classifiers", "evaluation", **POS)
+    eval_zsl: bool = opt(True, "also train the unseen-only (ZSL) softmax at each evaluation", "evaluation")
 
     # --- honest selection ---
-    validation: bool = False          # train/evaluate on a leak-free split of trainval (xlsa17 val classes as unseen)
-    val_seen_share: float = 0.2       # share of each other class's trainval images held out as seen-validation
-    select: str = "test"              # reported evaluation: test (paper rule) | val (chosen on --validation split) | last
+    validation: bool = opt(False, "train and evaluate on a leak-free split of trainval (xlsa17's val classes "
+                                  "as unseen); the test split is not read", "selection", tune=False)
+    val_seen_share: float = opt(0.2, "share of each other class's trainval images held out as seen-validation",
+                                "selection", low=0, high=1, low_open=True, high_open=True)
+    select: str = opt("test", "reported result: test = the paper's rule (best H on the test set); val = training "
+                              "length and classifier epoch chosen on a --validation run first", "selection",
+                      choices=("test", "val"), local=True)
 
     # --- run ---
-    device: str = "auto"              # auto | cpu | cuda | cuda:N
-    out_dir: str = "out"              # each run gets out_dir/<dataset>/<timestamp>/
-    disp_interval: int = 200          # log the losses every this many iterations
-    quiet: bool = False               # no progress bars (they are off anyway when stderr is not a terminal)
-    seeds: str = ""                   # e.g. 6152,1,2: one run per seed, then a mean +- std table
-    resume: str = ""                  # RUN_DIR: continue that run from its last checkpoint
-    eval_only: str = ""               # CHECKPOINT: evaluate a saved flow, no training
-    save_synthetic: str = ""          # FILE.npz | FILE.mat: write the synthetic unseen features of the final evaluation
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N", "run")
+    out_dir: str = opt("out", "each run writes out_dir/<dataset>/<UTC time>/", "place", path=True)
+    dataroot: str = opt("./data", "holds <dataset>/res101.mat + <stem>_splits.mat, or data.mat + label.mat",
+                        "place", path=True)
+    disp_interval: int = opt(200, "log the losses every this many iterations", "run", **POS)
+    quiet: bool = opt(False, "no progress bars (off anyway when stderr is not a terminal)", "run")
+    seeds: str = opt("", "e.g. 6152,1,2: one run per seed, then a mean +- std table", "run", resume=False,
+                     tune=False)
+    resume: str = opt("", "RUN_DIR: continue that run from its last checkpoint", "run", path=True, tune=False)
+    eval_only: str = opt("", "CHECKPOINT: evaluate a saved flow, no training", "run", path=True, resume=False,
+                         tune=False)
+    save_synthetic: str = opt("", "FILE.npz | FILE.mat: write the synthetic unseen features of the final "
+                                  "evaluation", "run", path=True, tune=False)
 
-    # --- speed (README "Speed"); the defaults compute exactly the reference's numbers ---
-    synth_chunk: int = 2048           # rows per reverse pass when synthesising (bounds memory; same numbers)
-    keep_freed_memory: bool = True    # glibc keeps freed blocks instead of page-faulting them back (same numbers)
-    bf16: bool = False                # bf16 autocast for flow training, synthesis and classifiers (CPU and GPU)
-    tf32: bool = False                # TF32 matmuls on CUDA (no effect on CPU)
-    fused_adam: bool = False          # torch's fused Adam for the flow: faster, ~1 ulp from the reference's rounding
-    device_noise: bool = False        # draw perturbation and synthesis noise on the GPU's generator, not the CPU's (other numbers)
+    # --- speed; exact = the defaults' numbers bit for bit ---
+    synth_chunk: int = opt(2048, "rows per reverse pass when synthesising (bounds memory; exact)", "speed",
+                           low=32, local=True)
+    keep_freed_memory: bool = opt(True, "glibc keeps freed blocks instead of page-faulting them back (exact)",
+                                  "speed", local=True)
+    bf16: bool = opt(False, "bf16 autocast for flow training, synthesis and classifiers (other numbers)", "speed")
+    tf32: bool = opt(False, "TF32 matmuls on CUDA (no effect on CPU; other numbers)", "speed")
+    fused_adam: bool = opt(False, "torch's fused Adam for the flow: faster, ~1 ulp from the reference's rounding",
+                           "speed")
+    device_noise: bool = opt(False, "draw perturbation and synthesis noise on the GPU's generator, not the CPU's "
+                                    "(other numbers)", "speed")
+
+    def total_iterations(self, n_train: int) -> int:
+        """Flow iterations of a run on n_train images: floor(n_train / batchsize) * gen_nepoch (SPEC.md)."""
+        return (n_train // self.batchsize) * self.gen_nepoch
+
+    def evaluations(self, n_train: int) -> list[int]:
+        """The iterations that evaluate: multiples of evl_interval above eval_start, up to the total inclusive."""
+        return [it for it in range(self.eval_start + 1, self.total_iterations(n_train) + 1)
+                if it % self.evl_interval == 0]
+
+
+# What the run modes and tune.py derive from the registry.
+CHOICES = {f.name: f.metadata["choices"] for f in dataclasses.fields(Config) if f.metadata["choices"]}
+RUN_CONTROL = cli.names_where(Config, resume=True)        # the only options --resume accepts
+ARCHITECTURE = cli.names_where(Config, kind="architecture")  # what --eval_only takes from the checkpoint
+MACHINE_LOCAL = cli.names_where(Config, local=True)       # may differ between the workers of one study
+NOT_FOR_TUNING = cli.names_where(Config, tune=False)      # tune.py sets or refuses these
+SPACE = {f.name: f.metadata["tune"] for f in dataclasses.fields(Config) if isinstance(f.metadata["tune"], tuple)}
 
 
 # A short schedule for `--synthetic`: about two minutes on 2 CPU cores. Applied before
@@ -88,118 +137,64 @@ SYNTHETIC_SCHEDULE = dict(
     disp_interval=20,
 )
 
-# The benchmarks: each has a train_<DATASET>.py and a --synthetic stand-in. --dataset also
-# takes any other folder under --dataroot (data/make_dataset.py writes one).
-BENCHMARKS = ("AWA2", "APY", "CUB", "FLO")
-CHOICES = {
-    "layout": ("auto", "xlsa17", "epgn"),
-    "class_embedding": ("att", "sent"),
-    "anchors": ("seen", "all"),
-    "select": ("test", "val", "last"),
-}
-# Options that only steer a run, not its numbers: the only ones --resume accepts.
-RUN_CONTROL = ("device", "quiet", "disp_interval", "resume", "save_synthetic")
-POSITIVE = ("gen_nepoch", "batchsize", "num_coupling_layers", "hidden_dim", "input_dim", "nSample",
-            "evl_interval", "classifier_epochs", "classifier_batch", "lr_step", "disp_interval", "synth_chunk")
-NON_NEGATIVE = ("lr", "weight_decay", "classifier_lr", "prototype", "pi", "lr_gamma")
+DEVICE_HELP = "option --device: expected auto, cpu, cuda or cuda:N (N = 0, 1, ...)"
 
 
-def _convert(name: str, text: str, kind: type):
-    if kind is bool:
-        low = text.lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"option --{name}: expected true or false, got {text!r}")
-    if kind is int:
-        try:
-            return int(text)
-        except ValueError:
-            raise ConfigError(f"option --{name}: expected an integer, got {text!r}") from None
-    if kind is float:
-        try:
-            return float(text)
-        except ValueError:
-            raise ConfigError(f"option --{name}: expected a number, got {text!r}") from None
-    return text
-
-
-def field_types() -> dict:
-    hints = typing.get_type_hints(Config)
-    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
-
-
-def validate_dataset(cfg: Config) -> None:
-    """A folder name under dataroot (its existence is checked when it is loaded)."""
+def validate(cfg: Config) -> Config:
+    """Every option in its bounds and choices (cli.check), then the rules that involve several."""
+    cli.check(cfg)
     name = cfg.dataset
     if not name or name in (".", "..") or "/" in name or "\\" in name:
         raise ConfigError(f"option --dataset: expected a folder name under --dataroot, got {name!r}")
     if cfg.synthetic and name not in BENCHMARKS:
         raise ConfigError(f"option --synthetic: stand-ins exist for {', '.join(BENCHMARKS)} only, "
                           f"not --dataset={name}")
-
-
-def validate(cfg: Config) -> Config:
-    validate_dataset(cfg)
-    for name, allowed in CHOICES.items():
-        if getattr(cfg, name) not in allowed:
-            raise ConfigError(f"option --{name}: {getattr(cfg, name)!r} is not one of {', '.join(allowed)}")
-    for name in POSITIVE:
-        if getattr(cfg, name) <= 0:
-            raise ConfigError(f"option --{name}: must be > 0, got {getattr(cfg, name)}")
-    for name in NON_NEGATIVE:
-        if getattr(cfg, name) < 0:
-            raise ConfigError(f"option --{name}: must be >= 0, got {getattr(cfg, name)}")
-    if not 0.0 < cfg.val_seen_share < 1.0:
-        raise ConfigError(f"option --val_seen_share: must be in (0, 1), got {cfg.val_seen_share}")
     if cfg.save_synthetic and not cfg.save_synthetic.endswith((".npz", ".mat")):
         raise ConfigError(f"option --save_synthetic: the file name must end in .npz or .mat, got {cfg.save_synthetic!r}")
     if cfg.seeds:
-        try:
-            [int(s) for s in cfg.seeds.split(",")]
-        except ValueError:
-            raise ConfigError(f"option --seeds: expected comma-separated integers, got {cfg.seeds!r}") from None
+        seed_list(cfg.seeds, "seeds")
     if sum(map(bool, (cfg.resume, cfg.eval_only, cfg.seeds))) > 1:
         raise ConfigError("options --resume, --eval_only and --seeds cannot be combined")
-    if cfg.synth_chunk < 32:
-        raise ConfigError(f"option --synth_chunk: must be >= 32 rows, got {cfg.synth_chunk}")
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise ConfigError(f"option --dropout: must be in [0, 1), got {cfg.dropout}")
-    if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
-        raise ConfigError(f"option --device: expected auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    device, _, index = cfg.device.partition(":")
+    if device not in ("auto", "cpu", "cuda") or (index and (device != "cuda" or not index.isdigit())) \
+            or cfg.device.endswith(":"):
+        raise ConfigError(f"{DEVICE_HELP}, got {cfg.device!r}")
     return cfg
 
 
-def parse_args(argv: list[str]) -> dict:
-    """`--key=value` strings -> {key: typed value}; unknown keys and bad values are errors."""
-    types = field_types()
-    updates: dict = {}
-    args = list(argv)
-    while args:
-        arg = args.pop(0)
-        if not arg.startswith("--"):
-            raise ConfigError(f"unexpected argument {arg!r}: options look like --key=value")
-        key, has_value, text = arg[2:].partition("=")
-        if key not in types:
-            raise ConfigError(f"unknown option --{key} (known: {', '.join(sorted(types))})")
-        if not has_value:
-            if types[key] is bool:
-                text = "true"
-            elif args and not args[0].startswith("--"):
-                text = args.pop(0)  # argparse style, as in the authors' commands: --nSample 1000
-            else:
-                raise ConfigError(f"option --{key} needs a value: --{key}=VALUE")
-        updates[key] = _convert(key, text, types[key])
-    return updates
+def seed_list(text: str, option: str = "seeds") -> list[int]:
+    """'6152,1,2' -> [6152, 1, 2]: the one parser of every seed list (--seeds, --final_seeds, reproduce)."""
+    meta = cli.options(Config)["manualSeed"].metadata
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"option --{option}: expected comma-separated integers, got {text!r}") from None
+    for s in seeds:
+        cli.check_value(option, s, meta)
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"option --{option}: a seed is repeated in {text!r}")
+    return seeds
 
 
-def parse_overrides(cfg: Config, argv: list[str]) -> Config:
-    """Return a copy of `cfg` with `--key=value` (or `--flag` for booleans) applied."""
-    updates = parse_args(argv)
+def parser(defaults: Config | None = None, prog: str | None = None, description: str = "", *more):
+    """The argparse parser of a training command: every Config option, defaults from `defaults`."""
+    return cli.parser_for(prog, description, *more, (Config, defaults))
+
+
+def parse_args(argv: list[str], defaults: Config | None = None) -> dict:
+    """`--key=value` / `--key value` strings -> {key: typed value} of the options given."""
+    return cli.parse(parser(defaults), argv)
+
+
+def apply(cfg: Config, updates: dict) -> Config:
+    """`cfg` with `updates` applied; --synthetic switches to the short schedule first."""
     base = dataclasses.asdict(cfg)
-    # --synthetic switches to the short schedule before any explicit override is applied.
     if updates.get("synthetic", cfg.synthetic):
         base.update(SYNTHETIC_SCHEDULE)
     base.update(updates)
     return validate(Config(**base))
+
+
+def parse_overrides(cfg: Config, argv: list[str]) -> Config:
+    """Return a copy of `cfg` with `--key=value` (or `--flag` for booleans) applied."""
+    return apply(cfg, parse_args(argv, cfg))

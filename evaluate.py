@@ -17,7 +17,8 @@ import scipy.io as sio
 import torch
 
 from config import Config
-from fast import autocast, release_free_memory
+from fileio import atomic_write
+from fast import autocast, release_free_memory, softmax_gradients
 from models import SoftmaxClassifier
 from runs import progress_bar
 from util import GZSLData, harmonic_mean, per_class_accuracy
@@ -101,32 +102,6 @@ def predict(model, features: torch.Tensor, batch_size: int) -> np.ndarray:
     return torch.cat(preds).cpu().numpy()
 
 
-def softmax_gradients(W: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-                      bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of the reference classifier's loss, mean_i -log softmax(x_i W^T + b)[y_i].
-
-    With p = softmax(x W^T + b) and Y the one-hot labels: dL/dlogits = (p - Y) / n,
-    dL/dW = (dL/dlogits)^T x and dL/db = sum_i dL/dlogits_i. They are computed with the very
-    operations autograd runs for the reference's nn.Linear -> LogSoftmax -> NLLLoss, in the
-    same order and memory layouts, so the bits are the reference's (tested), but without
-    building a graph or saving tensors: the classifier's 417 steps per epoch are small and
-    autograd's bookkeeping costs as much as a third of them.
-    `bf16`: the operations that CPU autocast runs (products and log-softmax in bf16, the loss
-    in fp32, gradients returned in fp32).
-    """
-    aten = torch.ops.aten
-    low = torch.bfloat16 if bf16 else x.dtype  # .to() is a no-op in fp32
-    Wl, bl, xl = W.to(low), b.to(low), x.to(low)
-    log_p = aten._log_softmax(torch.addmm(bl, xl, Wl.t()), 1, False)
-    log_p32 = log_p.float()
-    mean = 1  # torch's Reduction::Mean; -100 is nll_loss's default ignore_index
-    _, total_weight = aten.nll_loss_forward(log_p32, y, None, mean, -100)
-    g = aten.nll_loss_backward(torch.ones((), device=x.device), log_p32, y, None, mean, -100, total_weight)
-    g = aten._log_softmax_backward_data(g.to(low), log_p, 1, low)
-    # addmm's backward for the column-major W^T is (g^T x)^T, which the .t() of W undoes
-    return g.t().mm(xl).to(W.dtype), g.sum([0], True).view(-1).to(b.dtype)
-
-
 def train_softmax(features: torch.Tensor, labels: torch.Tensor, n_classes: int, tests: dict,
                   lr: float, epochs: int, batch_size: int, bf16: bool = False, on_epoch=None) -> list[dict]:
     """Train the softmax classifier the reference's way; per-class accuracy after each epoch.
@@ -181,17 +156,13 @@ def save_synthetic(path: Path, features: torch.Tensor, n_per_class: int, data: G
     content = {"features": features.cpu().numpy(), "labels": labels,
                "class_ids": data.unseen_ids[labels], "unseen_semantics": data.unseen_semantics,
                "unseen_class_ids": data.unseen_ids}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             if path.suffix == ".mat":
                 sio.savemat(f, content)
             else:
                 np.savez(f, **content)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, write)
 
 
 

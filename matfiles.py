@@ -1,7 +1,7 @@
 """Reading MATLAB files with one-line errors that name the file and the key at fault.
 
 The checks every loader shares: a readable file, a key that exists and is numeric, finite
-values, and MATLAB's 1-based indices. Imports nothing of ours.
+values, and MATLAB's 1-based indices. Imports cli (for the error's exit code) only.
 """
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import scipy.io as sio
 
+from cli import CommandError
 
-class DataError(ValueError):
-    """Bad benchmark input. The message is one line naming the file and key at fault."""
+
+class DataError(CommandError, ValueError):
+    """Bad input data. The message is one line naming the file and key at fault (exit code 2)."""
 
 
 def load_mat(path: Path, keys: list[str] | None = None) -> dict:

@@ -2,6 +2,7 @@
 
     python plot.py out/AWA2/20261128-093315            # curves.png and tsne.png in that directory
     python plot.py RUN_DIR --tsne_per_class=300 --checkpoint=last.pt
+    python plot.py --help
 
 curves.png: NLL and prototype loss against iteration (losses.jsonl) and ZSL T1 / GZSL U, S,
 H at each evaluation (metrics.jsonl). tsne.png: a t-SNE of real test features of the unseen
@@ -10,8 +11,8 @@ The data is read from the paths in the run's config.json.
 """
 from __future__ import annotations
 
-import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -21,10 +22,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import cli  # noqa: E402
 import evaluate  # noqa: E402
 import runs  # noqa: E402
 import util  # noqa: E402
-from config import Config, ConfigError  # noqa: E402
+from cli import opt  # noqa: E402
+from config import Config  # noqa: E402
+
+
+@dataclass
+class PlotOptions:
+    run_dir: str = opt("", "a run directory (out/<DATASET>/<time>/)", path=True, positional=True)
+    checkpoint: str = opt("best.pt", "the checkpoint in RUN_DIR whose flow synthesises for the t-SNE")
+    tsne_per_class: int = opt(200, "real and synthetic points per unseen class in the t-SNE", low=1)
+    no_tsne: bool = opt(False, "draw curves.png only (the t-SNE takes a minute or more)")
 
 
 def plot_curves(run_dir: Path) -> Path:
@@ -57,15 +68,12 @@ def plot_tsne(run_dir: Path, checkpoint: str = "best.pt", per_class: int = 200, 
     from sklearn.manifold import TSNE
 
     import train
-    saved = json.loads((run_dir / "config.json").read_text())
+    saved = runs.read_config(run_dir)
     saved.pop("data_files", None)  # the run's provenance record, not an option
     cfg = Config(**saved)
     data = train.prepare_data(cfg)
     ckpt = runs.load_checkpoint(run_dir / checkpoint, data)
-    flow, rp = train.build_models(cfg, data, torch.device("cpu"))
-    weights = ckpt.get("trainer", ckpt)
-    flow.load_state_dict(weights["flow"])
-    rp.load_state_dict(weights["relative_positioning"])
+    cfg, flow, rp = train.load_models(cfg, data, ckpt, torch.device("cpu"))
     flow.eval(), rp.eval()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -94,25 +102,25 @@ def plot_tsne(run_dir: Path, checkpoint: str = "best.pt", per_class: int = 200, 
     return out
 
 
-def main(argv: list[str]) -> None:
-    try:
-        if not argv or argv[0].startswith("--"):
-            raise ConfigError("usage: python plot.py RUN_DIR [--checkpoint=best.pt] [--tsne_per_class=200] [--no_tsne]")
-        run_dir, opts = Path(argv[0]), dict(a[2:].partition("=")[::2] for a in argv[1:])
-        unknown = set(opts) - {"checkpoint", "tsne_per_class", "no_tsne"}
-        if unknown:
-            raise ConfigError(f"unknown option --{sorted(unknown)[0]} (known: checkpoint, tsne_per_class, no_tsne)")
-        if not (run_dir / "config.json").is_file():
-            raise util.DataError(f"{run_dir}: not a run directory (no config.json)")
-        print(plot_curves(run_dir))
-        if "no_tsne" not in opts:
-            per_class = opts.get("tsne_per_class", "200")
-            if not per_class.isdigit() or int(per_class) < 1:
-                raise ConfigError(f"option --tsne_per_class: expected a positive integer, got {per_class!r}")
-            print(plot_tsne(run_dir, opts.get("checkpoint", "best.pt"), int(per_class)))
-    except (ConfigError, util.DataError) as exc:
-        runs.fail(str(exc))
+def plot(argv: list[str]) -> None:
+    parser = cli.parser_for("plot.py", __doc__, (PlotOptions, None))
+    opts = PlotOptions(**cli.parse(parser, argv))
+    run_dir = Path(opts.run_dir)
+    if not opts.run_dir:
+        raise cli.ConfigError("a run directory is needed: python plot.py RUN_DIR (see --help)")
+    if not (run_dir / "config.json").is_file():
+        raise util.DataError(f"{run_dir}: not a run directory (no config.json)")
+    if not opts.no_tsne and not (run_dir / opts.checkpoint).is_file():
+        raise util.DataError(f"{run_dir / opts.checkpoint}: checkpoint not found (--checkpoint names a file in "
+                             f"RUN_DIR: best.pt or last.pt)")
+    print(plot_curves(run_dir))
+    if not opts.no_tsne:
+        print(plot_tsne(run_dir, opts.checkpoint, opts.tsne_per_class))
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main_guard(plot, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

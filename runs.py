@@ -1,22 +1,27 @@
-"""Run bookkeeping: run directories, the run log, atomic writes, checkpoints, seeds, devices.
+"""Run bookkeeping: opening and closing a run, the run log, checkpoints, seeds, devices.
 
-What a run leaves on disk (README "What a run prints and writes") and how it is written:
-never over an earlier run, and checkpoints only whole (a temp file, then a rename).
-Imports: util (DataError, GZSLData) only; never train, evaluate or report.
+What a run leaves on disk (README "What a run writes") and how it is written: never over an
+earlier run, every file whole (fileio.atomic_write), one process at a time per run directory.
+`open_run` / `finish_run` are the one way a run starts and ends, for training, --resume,
+--eval_only and each seed of --seeds. Imports: util, provenance, fileio; never train, evaluate
+or report.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
 import json
-import os
 import random
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+import provenance
+from cli import CommandError
+from fileio import atomic_text, atomic_write
 from util import DataError, GZSLData
 
 
@@ -43,7 +48,9 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # A run saved on more GPUs than this machine has: the states of the GPUs here (a run uses one).
+        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -51,7 +58,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise DataError(f"option --device={name}: CUDA is not available on this machine")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DataError(f"option --device={name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def make_run_dir(out_dir: str, dataset: str) -> Path:
@@ -72,8 +82,8 @@ def make_run_dir(out_dir: str, dataset: str) -> Path:
 class RunLog:
     """Prints and appends to run_dir/log.txt; JSON lines for evaluations and losses."""
 
-    def __init__(self, run_dir: Path, echo: bool = True):
-        self.run_dir, self.echo = run_dir, echo
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
         self.log_path = run_dir / "log.txt"
         self.metrics_path = run_dir / "metrics.jsonl"
         self.losses_path = run_dir / "losses.jsonl"
@@ -99,38 +109,124 @@ class RunLog:
 
     def rewind(self, rows: list[dict], iteration: int) -> None:
         """On resume: metrics as the checkpoint knows them; drop losses logged after it."""
-        _atomic_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
         kept = [l for l in read_jsonl(self.losses_path) if l["iteration"] <= iteration]
-        _atomic_text(self.losses_path, "".join(json.dumps(r) + "\n" for r in kept))
+        atomic_text(self.losses_path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def write_config(run_dir: Path, cfg, data_files: list[dict]) -> None:
     """config.json: the resolved options, and the data files the run read (size, sha256)."""
-    (run_dir / "config.json").write_text(json.dumps({**dataclasses.asdict(cfg), "data_files": data_files},
+    atomic_text(run_dir / "config.json", json.dumps({**dataclasses.asdict(cfg), "data_files": data_files},
                                                     indent=2) + "\n")
 
 
+def read_config(run_dir: Path) -> dict:
+    """A run's config.json as {option: value} (its data-file record under "data_files")."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise DataError(f"{path}: not found (not a run directory)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+
+
 def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSON-lines file; a last line cut short by a kill is left out, any other bad line
+    is a DataError naming the file and line."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    lines = path.read_text().splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break  # the write a killed process did not finish
+            raise DataError(f"{path}: line {number} is not valid JSON") from None
+    return rows
 
 
 def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temp file in the same folder, then rename over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    """torch.save, whole or not at all (fileio.atomic_write)."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def write_summary(run_dir: Path, summary: dict) -> Path:
+    return atomic_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------- open and close
+
+@dataclasses.dataclass
+class Run:
+    """An open run: its directory (locked by this process), log, data-file record and start time."""
+    dir: Path
+    log: RunLog
+    data_files: list[dict]
+    split: str
+    started: float
+    lock: object = None
+
+
+def lock_run_dir(run_dir: Path):
+    """Hold run_dir/.lock while this process writes the run; a second writer is refused at once."""
+    import fcntl
+    handle = open(run_dir / ".lock", "w")
     try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise DataError(f"{run_dir}: another process is writing this run (it holds {run_dir / '.lock'}); "
+                        f"wait for it to stop") from None
+    return handle
+
+
+def same_data_as_before(run_dir: Path, data_files: list[dict]) -> None:
+    """--resume: the data files must be those the run started with (sha256 in its config.json)."""
+    before = {r["path"]: r for r in read_config(run_dir).get("data_files", [])}
+    for now in data_files:
+        then = before.get(now["path"])
+        if then is not None and then.get("sha256") != now["sha256"]:
+            raise DataError(f"{now['path']}: changed since {run_dir} started (sha256 {now['sha256'][:12]}... now, "
+                            f"{then['sha256'][:12]}... in its config.json); start a new run")
+
+
+def open_run(cfg, data: GZSLData, device: torch.device, resume_dir: Path | None = None,
+             what: str = "") -> Run:
+    """Start a run (seeds, a new run directory, config.json) or continue `resume_dir`; log the header."""
+    data_files = provenance.describe_files(data.files)  # size + sha256: which features produced the numbers
+    if resume_dir is None:
+        set_seeds(cfg.manualSeed)
+        run_dir = make_run_dir(cfg.out_dir, cfg.dataset)
+        lock = lock_run_dir(run_dir)
+        write_config(run_dir, cfg, data_files)
+    else:
+        run_dir = resume_dir
+        lock = lock_run_dir(run_dir)
+        same_data_as_before(run_dir, data_files)
+        for stale in run_dir.glob(".*.tmp*"):  # a write a killed process never finished
+            stale.unlink()
+    log = RunLog(run_dir)
+    log.print(f"run directory: {run_dir}{what}")
+    log.print(f"device: {device}; seed {cfg.manualSeed}")
+    log.print(f"data: {data.source}")
+    log.print(data.describe())
+    return Run(run_dir, log, data_files, data.split, time.time(), lock)
+
+
+def finish_run(run: Run, summary: dict, **extra) -> dict:
+    """Complete `summary` with the run's facts, write summary.json, release the run directory."""
+    summary.update(wall_seconds=round(time.time() - run.started, 1), **extra, run_dir=str(run.dir),
+                   split=run.split, data_files=run.data_files)
+    write_summary(run.dir, summary)
+    if run.lock is not None:
+        run.lock.close()
+        run.lock = None
+    return summary
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -138,8 +234,9 @@ def atomic_save(obj, path: Path) -> None:
 CHECKPOINT_FORMAT = "gsmflow-checkpoint-v1"
 
 
-class NonFiniteError(RuntimeError):
-    """The loss or the parameters stopped being finite; the message names the iteration."""
+class NonFiniteError(CommandError, RuntimeError):
+    """The loss or the parameters stopped being finite; the message names the iteration (exit code 3)."""
+    exit_code = 3
 
 
 def load_checkpoint(path: Path, data: GZSLData) -> dict:
@@ -190,6 +287,7 @@ def progress_bar(iterable, cfg, **kw):
 
 
 
-def fail(message: str, code: int = 2) -> None:
+
+def fail(message: str, code: int = 2) -> None:  # TODO(merge): remove once tune.py/make_dataset.py use cli.main_guard
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)

@@ -17,13 +17,8 @@ from pathlib import Path
 import numpy as np
 import scipy.io as sio
 
-# classes (seen, unseen) and semantic dimension per split-file stem, as in the benchmarks
-BENCHMARKS = {
-    "AWA2": dict(seen=40, unseen=10, embeddings={"att": 85}),
-    "APY": dict(seen=20, unseen=12, embeddings={"att": 64}),
-    "CUB": dict(seen=150, unseen=50, embeddings={"sent": 1024, "att": 312}),
-    "FLO": dict(seen=82, unseen=20, embeddings={"att": 1024}),
-}
+from benchmarks import BENCHMARKS, SOURCES
+
 
 
 def make_semantics(rng: np.random.Generator, n_classes: int, dim: int, latent: int = 8) -> np.ndarray:
@@ -96,9 +91,9 @@ def generate(folder: Path, dataset: str, seed: int = 0, per_seen: tuple[int, int
     """Write a benchmark-shaped synthetic `dataset` into `folder` (the dataset folder itself)."""
     spec = BENCHMARKS[dataset]
     rng = np.random.default_rng(seed)
-    seen, unseen, labels, locs = make_split(rng, spec["seen"], spec["unseen"], per_seen, per_unseen)
-    n_classes = spec["seen"] + spec["unseen"]
-    atts = {stem: make_semantics(rng, n_classes, dim) for stem, dim in spec["embeddings"].items()}
+    seen, unseen, labels, locs = make_split(rng, spec.seen, spec.unseen, per_seen, per_unseen)
+    n_classes = spec.classes
+    atts = {stem: make_semantics(rng, n_classes, dim) for stem, dim in spec.semantic_dims.items()}
     first = next(iter(atts.values()))
     features = make_features(rng, first, labels - 1, feature_dim, noise)
     if layout == "epgn":
@@ -121,10 +116,6 @@ def generate(folder: Path, dataset: str, seed: int = 0, per_seen: tuple[int, int
     return folder
 
 
-# unseen and validation class counts of the proposed splits (Xian et al.)
-SPLIT_CLASSES = {"AWA2": (10, 13), "APY": (12, 5), "CUB": (50, 50), "FLO": (20, 20)}
-
-
 def features_for_real_splits(split_file: Path, folder: Path, seed: int = 0, feature_dim: int = 2048,
                              stem: str = "att") -> Path:
     """Copy a real `*_splits.mat` into `folder` with a generated `res101.mat` consistent with it.
@@ -139,7 +130,8 @@ def features_for_real_splits(split_file: Path, folder: Path, seed: int = 0, feat
     loc = {k: m[k].reshape(-1).astype(np.int64) - 1
            for k in ("trainval_loc", "test_seen_loc", "test_unseen_loc", "train_loc", "val_loc")}
     n_images, n_classes = max(int(v.max()) for v in loc.values()) + 1, att.shape[1]
-    n_unseen, n_val = SPLIT_CLASSES[split_file.name.split("_")[0]]
+    spec = BENCHMARKS[split_file.name.split("_")[0]]
+    n_unseen, n_val = spec.unseen, spec.validation_classes
     order = rng.permutation(np.arange(1, n_classes + 1))
     unseen, val, train = np.sort(order[:n_unseen]), np.sort(order[n_unseen:n_unseen + n_val]), \
         np.sort(order[n_unseen + n_val:])
@@ -163,20 +155,11 @@ def ensure_benchmark(root: Path, dataset: str, seed: int = 6152) -> Path:
     return folder
 
 
-# The downloadable archives data/prepare.py reads: the folder the datasets sit in, and each
-# dataset's layout. The inner folders of the authors' archive are not documented (prepare.py
-# finds datasets at any depth); xlsa17.zip's are `xlsa17/data/<DATASET>/`.
-ARCHIVE_LAYOUTS = {
-    "authors": ("GSMFlow_data/data", {"AWA2": "xlsa17", "APY": "xlsa17", "CUB": "epgn", "FLO": "epgn"}),
-    "xlsa17": ("xlsa17/data", {"AWA2": "xlsa17", "APY": "xlsa17", "CUB": "xlsa17"}),
-}
-
-
 def write_archive(path: Path, source: str = "authors", datasets=None, seed: int = 0,
                   per_seen: tuple[int, int] = (4, 2), per_unseen: int = 3, feature_dim: int = 64,
                   noise: float = 2.0) -> Path:
-    """A zip in the layout of `source`'s archive (ARCHIVE_LAYOUTS), small synthetic datasets inside."""
-    top, layouts = ARCHIVE_LAYOUTS[source]
+    """A zip in the layout of `source`'s archive (benchmarks.SOURCES), small synthetic datasets inside."""
+    top, layouts = SOURCES[source].top, SOURCES[source].holds
     with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         for i, name in enumerate(datasets or layouts):
             folder = generate(Path(tmp) / name, name, seed + i, per_seen, per_unseen, feature_dim, noise,

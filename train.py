@@ -19,12 +19,15 @@ from pathlib import Path
 
 import torch
 
+import cli
+import config
 import fast
-import provenance
 import report
 import runs
 import util
-from config import BENCHMARKS, RUN_CONTROL, Config, ConfigError, parse_args, parse_overrides, validate
+from config import (ARCHITECTURE, BENCHMARKS, RUN_CONTROL, Config, ConfigError, parse_args, parse_overrides,
+                    seed_list, validate)
+from fileio import atomic_text
 from evaluate import Evaluator, save_synthetic
 from models import ConditionalFlow, RelativePositioning
 
@@ -74,7 +77,7 @@ class Trainer:
         self.centroids = torch.from_numpy(
             util.class_centroids(data.train_feature, data.train_label, data.n_seen)).to(device)
         self.proto_z = torch.zeros(data.n_seen, data.feature_dim, device=device)
-        self.total = (n_train // cfg.batchsize) * cfg.gen_nepoch
+        self.total = cfg.total_iterations(n_train)
         self.iters_per_epoch = math.ceil(n_train / cfg.batchsize)  # what StepLR counts (not the sampler's epochs)
         self.next_iteration = 0
 
@@ -138,24 +141,13 @@ def run(cfg: Config, resume_dir: Path | None = None, on_evaluation=None) -> dict
     if cfg.batchsize >= len(data.train_label):
         raise ConfigError(f"option --batchsize={cfg.batchsize}: must be smaller than the "
                           f"{len(data.train_label)} training images")
-    if cfg.save_synthetic and Path(cfg.save_synthetic).exists():
-        raise ConfigError(f"option --save_synthetic: {cfg.save_synthetic} exists; not overwriting it")
+    refuse_existing(cfg.save_synthetic)
     state = runs.load_checkpoint(resume_dir / "last.pt", data) if resume_dir else None
     fast.apply_speed_options(cfg)
-    data_files = provenance.describe_files(data.files)  # size + sha256: which features produced the numbers
-    if state is None:
-        runs.set_seeds(cfg.manualSeed)
-        run_dir = runs.make_run_dir(cfg.out_dir, cfg.dataset)
-        runs.write_config(run_dir, cfg, data_files)
-    else:
-        run_dir = resume_dir
-    log = runs.RunLog(run_dir)
-    log.print(f"run directory: {run_dir}")
-    log.print(f"device: {device}; seed {cfg.manualSeed}")
+    opened = runs.open_run(cfg, data, device, resume_dir)
+    log = opened.log
     if cfg.bf16 and fast.slow_bf16_matmul(device):
         log.print("warning: --bf16 on a CPU without native bf16 matrix products: far slower than fp32 here")
-    log.print(f"data: {data.source}")
-    log.print(data.describe())
 
     trainer = Trainer(cfg, data, device)
     evaluate = Evaluator(cfg, data, device)
@@ -164,7 +156,7 @@ def run(cfg: Config, resume_dir: Path | None = None, on_evaluation=None) -> dict
         trainer.load_state_dict(state["trainer"])
         rows = state["rows"]
         log.rewind(rows, state["iteration"])
-        log.print(f"resumed from {run_dir / 'last.pt'}: continuing at iteration {trainer.next_iteration}")
+        log.print(f"resumed from {opened.dir / 'last.pt'}: continuing at iteration {trainer.next_iteration}")
     log.print(f"flow: {cfg.num_coupling_layers} GLOW coupling blocks, "
               f"{sum(p.numel() for p in trainer.params):,} parameters (flow + relative positioning)")
     total = trainer.total
@@ -173,11 +165,11 @@ def run(cfg: Config, resume_dir: Path | None = None, on_evaluation=None) -> dict
     best_h = max([r["H"] for r in rows], default=-1.0)
     last_saved, t0 = (state["iteration"] if state else -1), time.time()
     bar = runs.progress_bar(range(trainer.next_iteration, total + 1), cfg, desc="flow", unit="it",
-                       initial=trainer.next_iteration, total=total + 1)
+                            initial=trainer.next_iteration, total=total + 1)
     for it in bar:
         nll, proto = (v.item() for v in trainer.step(it))
         if not (math.isfinite(nll) and math.isfinite(proto)):
-            where = f"{run_dir / 'last.pt'} (iteration {last_saved})" if last_saved >= 0 else "none written"
+            where = f"{opened.dir / 'last.pt'} (iteration {last_saved})" if last_saved >= 0 else "none written"
             raise runs.NonFiniteError(f"iteration {it}: loss is not finite (nll {nll}, prototype {proto}); "
                                       f"stopped. Last good checkpoint: {where}")
         bar.set_postfix(nll=f"{nll:.3f}", proto=f"{proto:.4f}", refresh=False)
@@ -194,35 +186,32 @@ def run(cfg: Config, resume_dir: Path | None = None, on_evaluation=None) -> dict
             log.print(f"eval @ {it}: {report.fmt_eval(row)}  [{row['eval_seconds']:.0f}s]")
             if row["H"] > best_h:
                 best_h = row["H"]
-                runs.save_checkpoint(run_dir / "best.pt", cfg, data, trainer, rows, full=False)
-            runs.save_checkpoint(run_dir / "last.pt", cfg, data, trainer, rows, full=True)
+                runs.save_checkpoint(opened.dir / "best.pt", cfg, data, trainer, rows, full=False)
+            runs.save_checkpoint(opened.dir / "last.pt", cfg, data, trainer, rows, full=True)
             last_saved = it
             if on_evaluation is not None:
-                on_evaluation(row, run_dir)
+                on_evaluation(row, opened.dir)
     bar.close()
     if last_saved != total:
-        runs.save_checkpoint(run_dir / "last.pt", cfg, data, trainer, rows, full=True)
+        runs.save_checkpoint(opened.dir / "last.pt", cfg, data, trainer, rows, full=True)
     if cfg.save_synthetic and rows:
         save_synthetic(Path(cfg.save_synthetic), evaluate.synthetic, cfg.nSample, data)
         log.print(f"synthetic features of the evaluation at iteration {rows[-1]['iteration']}: {cfg.save_synthetic}")
-
-    summary = report.summarize(rows)
-    summary.update(wall_seconds=round(time.time() - t0, 1), total_iterations=total, run_dir=str(run_dir),
-                   split=data.split, data_files=data_files)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary = runs.finish_run(opened, report.summarize(rows), total_iterations=total)
     report.print_summary(log, summary, len(rows))
     return summary
 
 
-ARCHITECTURE = ("num_coupling_layers", "hidden_dim", "input_dim", "anchors", "class_embedding", "image_embedding")
+def refuse_existing(path: str) -> None:
+    if path and Path(path).exists():
+        raise ConfigError(f"option --save_synthetic: {path} exists; not overwriting it")
+
+
 def resume(defaults: Config, argv: list[str]) -> dict:
     """Continue RUN_DIR with its own config.json; only run-control options may change."""
-    updates = parse_args(argv)
+    updates = parse_args(argv, defaults)
     run_dir = Path(updates["resume"])
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise util.DataError(f"{config_path}: not found (--resume takes a run directory)")
-    saved = json.loads(config_path.read_text())
+    saved = runs.read_config(run_dir)
     saved.pop("data_files", None)  # provenance written next to the options, not an option
     if saved.get("dataset") != updates.get("dataset", defaults.dataset):  # own data: train.py --dataset=NAME
         script = (f"train_{saved.get('dataset')}.py" if saved.get("dataset") in BENCHMARKS
@@ -235,9 +224,18 @@ def resume(defaults: Config, argv: list[str]) -> dict:
     if not (run_dir / "last.pt").is_file():
         raise util.DataError(f"{run_dir / 'last.pt'}: no checkpoint yet (the run stopped before its first "
                              f"evaluation's checkpoint was written); start the run again")
-    for stale in run_dir.glob(".*.tmp*"):  # a checkpoint write the killed process never finished
-        stale.unlink()
     return run(cfg, resume_dir=run_dir)
+
+
+def load_models(cfg: Config, data: util.GZSLData, ckpt: dict, device: torch.device):
+    """The flow and relative positioning of a checkpoint (best.pt or last.pt), built as they were
+    trained: the architecture options come from the checkpoint. Returns (cfg, flow, rp)."""
+    cfg = dataclasses.replace(cfg, **{k: ckpt["config"][k] for k in ARCHITECTURE})
+    flow, rp = build_models(cfg, data, device)
+    weights = ckpt.get("trainer", ckpt)
+    flow.load_state_dict(weights["flow"])
+    rp.load_state_dict(weights["relative_positioning"])
+    return cfg, flow, rp
 
 
 def eval_only(cfg: Config) -> dict:
@@ -246,34 +244,22 @@ def eval_only(cfg: Config) -> dict:
     data = prepare_data(cfg)
     path = Path(cfg.eval_only)
     ckpt = runs.load_checkpoint(path, data)
-    if cfg.save_synthetic and Path(cfg.save_synthetic).exists():
-        raise ConfigError(f"option --save_synthetic: {cfg.save_synthetic} exists; not overwriting it")
-    cfg = dataclasses.replace(cfg, **{k: ckpt["config"][k] for k in ARCHITECTURE})  # build what was trained
+    refuse_existing(cfg.save_synthetic)
     fast.apply_speed_options(cfg)
-    runs.set_seeds(cfg.manualSeed)
-    flow, rp = build_models(cfg, data, device)
-    weights = ckpt.get("trainer", ckpt)
-    flow.load_state_dict(weights["flow"])
-    rp.load_state_dict(weights["relative_positioning"])
-    run_dir = runs.make_run_dir(cfg.out_dir, cfg.dataset)
-    data_files = provenance.describe_files(data.files)
-    runs.write_config(run_dir, cfg, data_files)
-    log = runs.RunLog(run_dir)
-    log.print(f"run directory: {run_dir} (evaluation only)")
-    log.print(f"checkpoint: {path} (iteration {ckpt['iteration']}); data: {data.source}")
+    built = dataclasses.replace(cfg, **{k: ckpt["config"][k] for k in ARCHITECTURE})  # config.json: what is built
+    opened = runs.open_run(built, data, device, what=f" (evaluation only of {path}, iteration {ckpt['iteration']})")
+    cfg, flow, rp = load_models(cfg, data, ckpt, device)
     evaluate = Evaluator(cfg, data, device)
     t0 = time.time()
     row = {"iteration": ckpt["iteration"], **evaluate(flow, rp)}
     row["eval_seconds"] = round(time.time() - t0, 2)
-    log.metrics(row)
-    log.print(f"eval: {report.fmt_eval(row)}")
+    opened.log.metrics(row)
+    opened.log.print(f"eval: {report.fmt_eval(row)}")
     if cfg.save_synthetic:
         save_synthetic(Path(cfg.save_synthetic), evaluate.synthetic, cfg.nSample, data)
-        log.print(f"synthetic features: {cfg.save_synthetic}")
-    summary = report.summarize([row])
-    summary.update(wall_seconds=row["eval_seconds"], run_dir=str(run_dir), split=data.split, data_files=data_files)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    report.print_summary(log, summary, 1)
+        opened.log.print(f"synthetic features: {cfg.save_synthetic}")
+    summary = runs.finish_run(opened, report.summarize([row]))
+    report.print_summary(opened.log, summary, 1)
     return summary
 
 
@@ -291,39 +277,43 @@ def run_protocol(cfg: Config) -> dict:
     log = runs.RunLog(Path(test["run_dir"]))
     log.print(f"[{report.VAL_RULE}; validation run {val['run_dir']}]")
     log.print("  " + report.fmt_row(test["val"]) + f", classifier epoch {test['val']['classifier_epoch']}")
-    (Path(test["run_dir"]) / "summary.json").write_text(json.dumps(test, indent=2) + "\n")
+    runs.write_summary(Path(test["run_dir"]), test)
     return test
 
 
 def run_seeds(cfg: Config) -> dict:
     """The protocol once per seed, then mean +- std (ddof=1) of T1, U, S, H under each rule."""
-    seeds = [int(s) for s in cfg.seeds.split(",")]
+    seeds = seed_list(cfg.seeds)
     results = [run_protocol(dataclasses.replace(cfg, manualSeed=s, seeds="")) for s in seeds]
     table = report.seed_table(results)
     report.print_seed_table(table, f"{cfg.dataset}: mean +- std over seeds {', '.join(map(str, seeds))}")
     result = {"seeds": seeds, "table": table, "run_dirs": [r["run_dir"] for r in results]}
     out = Path(cfg.out_dir) / cfg.dataset / f"seeds-{Path(results[0]['run_dir']).name}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_text(out, json.dumps(result, indent=2) + "\n")
     print(f"written: {out}")
     return result
 
 
+def dispatch(defaults: Config, argv: list[str]) -> dict:
+    cfg = parse_overrides(defaults, argv)
+    if cfg.resume:
+        return resume(defaults, argv)
+    if cfg.eval_only:
+        return eval_only(cfg)
+    if cfg.seeds:
+        return run_seeds(cfg)
+    return run_protocol(cfg)
+
+
 def main(defaults: Config, argv: list[str] | None = None) -> dict:
-    """Entry point of the train_<DATASET>.py scripts: overrides, then run, with one-line errors."""
+    """Entry point of the train_<DATASET>.py scripts: --help, overrides, the run mode; cli's exit codes."""
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        cfg = parse_overrides(defaults, argv)
-        if cfg.resume:
-            return resume(defaults, argv)
-        if cfg.eval_only:
-            return eval_only(cfg)
-        if cfg.seeds:
-            return run_seeds(cfg)
-        return run_protocol(cfg)
-    except (ConfigError, util.DataError) as exc:
-        runs.fail(str(exc))
-    except runs.NonFiniteError as exc:
-        runs.fail(str(exc), code=3)
+    if "-h" in argv or "--help" in argv:
+        script = sys.modules.get("__main__")
+        about = (getattr(script, "__doc__", None) or __doc__).strip()
+        config.parser(defaults, Path(sys.argv[0]).name, about).print_help()
+        raise SystemExit(0)
+    return cli.main_guard(dispatch, defaults, argv)
 
 
 if __name__ == "__main__":

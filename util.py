@@ -15,6 +15,7 @@ import torch
 from sklearn.metrics.pairwise import cosine_similarity
 from sklearn.preprocessing import MinMaxScaler
 
+from benchmarks import BENCHMARKS
 from matfiles import DataError, check_finite, load_mat, mat_array, one_based_index  # noqa: F401 (DataError: util's API)
 
 
@@ -121,7 +122,7 @@ def validation_rows(labels: np.ndarray, trainval: np.ndarray, val_loc: np.ndarra
     others = trainval[~is_val]
     for c in np.unique(labels[others]):
         rows = others[labels[others] == c]
-        k = min(max(int(round(share * rows.size)), 1), rows.size - 1)  # keep >= 1 training image
+        k = share_count(share, rows.size)  # keep >= 1 training image
         pick = np.zeros(rows.size, bool)
         pick[rng.choice(rows.size, k, replace=False)] = True
         held.append(rows[pick])
@@ -169,18 +170,10 @@ def load_xlsa17(folder: Path, name: str, image_embedding: str = "res101", class_
         raise DataError(f"{split_path}: test_seen_loc holds images of class ids {(stray + 1).tolist()} "
                         f"that have no trainval_loc image")
 
-    # Reference preprocessing: MinMaxScaler fitted on trainval, then divided by the max of
-    # the scaled trainval features (1.0 unless a dimension is constant: a no-op kept as is).
     x = features.T
-    scaler = MinMaxScaler()
-    train = torch.from_numpy(scaler.fit_transform(x[locs["trainval_loc"]])).float()
-    test_seen = torch.from_numpy(scaler.transform(x[locs["test_seen_loc"]])).float()
-    test_unseen = torch.from_numpy(scaler.transform(x[locs["test_unseen_loc"]])).float()
-    mx = train.max()
-    if not mx > 0:
-        raise DataError(f"{feat_path}: 'features' are constant over trainval_loc")
-    for t in (train, test_seen, test_unseen):
-        t.mul_(1 / mx)
+    scaled = reference_scaling({k: x[locs[k]] for k in ("trainval_loc", "test_seen_loc", "test_unseen_loc")},
+                               "xlsa17", f"{feat_path}: 'features' are constant over trainval_loc")
+    train, test_seen, test_unseen = (torch.from_numpy(scaled[k]) for k in scaled)
 
     att_rows = torch.from_numpy(att.T).float().numpy()  # the reference casts before indexing
     split = "validation" if validation is not None else "proposed"
@@ -193,6 +186,36 @@ def load_xlsa17(folder: Path, name: str, image_embedding: str = "res101", class_
         unseen_semantics=np.ascontiguousarray(att_rows[unseen]),
         seen_ids=seen + 1, unseen_ids=unseen + 1, rows=locs, split=split,
         source=f"{feat_path} + {split_path} ({split} split)", files=(feat_path, split_path))
+
+
+def reference_scaling(parts: dict[str, np.ndarray], layout: str, constant_error: str) -> dict[str, np.ndarray]:
+    """The reference's feature preprocessing; `parts`: training rows first, then the others (float32 out).
+
+    xlsa17: a MinMaxScaler fitted on the training rows is applied to every part, then each is
+    divided by the max of the scaled training rows (1.0 unless a dimension is constant: a no-op
+    kept as the reference has it). E-PGN (quirk of the reference): the scaler is fitted but its
+    output unused: the raw features are divided by that max. `constant_error`: the DataError's
+    text when the training rows are constant.
+    """
+    train_key = next(iter(parts))
+    scaler = MinMaxScaler()
+    scaled_train = scaler.fit_transform(parts[train_key])
+    if layout == "xlsa17":
+        out = {k: torch.from_numpy(scaled_train if k == train_key else scaler.transform(v)).float()
+               for k, v in parts.items()}
+        mx = out[train_key].max()
+        if not mx > 0:
+            raise DataError(constant_error)
+        return {k: t.mul_(1 / mx).numpy() for k, t in out.items()}
+    mx = scaled_train.max()
+    if not mx > 0:
+        raise DataError(constant_error)
+    return {k: torch.from_numpy(np.asarray(v * (1 / mx))).float().numpy() for k, v in parts.items()}
+
+
+def share_count(share: float, n: int, keep: int = 1) -> int:
+    """round(share * n), at least 1 and leaving at least `keep` of the n (the split helpers' clamp)."""
+    return min(max(int(round(share * n)), 1), n - keep)
 
 
 def load_epgn(folder: Path, name: str, validation: tuple[float, int] | None = None) -> GZSLData:
@@ -244,12 +267,7 @@ def load_epgn(folder: Path, name: str, validation: tuple[float, int] | None = No
         raise DataError(f"{label_path}: 'train_idx' holds {np.unique(labels['train_idx']).size} classes but "
                         f"'seen_pro' has {n_seen} rows: every seen class needs training images")
 
-    # Quirk of the reference: the scaler is fitted but its output is unused, so features
-    # enter raw, divided by the max of the scaled train features (1.0).
-    mx = MinMaxScaler().fit_transform(feats["train_fea"]).max()
-    if not mx > 0:
-        raise DataError(f"{data_path}: 'train_fea' is constant")
-    scaled = {k: torch.from_numpy(np.asarray(v * (1 / mx))).float().numpy() for k, v in feats.items()}
+    scaled = reference_scaling(feats, "epgn", f"{data_path}: 'train_fea' is constant")
     ts, tu = labels["test_seen_idex"], labels["test_unseen_idex"]
     return GZSLData(
         name=name, layout="epgn",
@@ -261,17 +279,15 @@ def load_epgn(folder: Path, name: str, validation: tuple[float, int] | None = No
         source=f"{data_path} + {label_path}", files=(data_path, label_path))
 
 
-# Seen classes that xlsa17's proposed split holds out as validation classes (the classes of
-# val_loc): AWA2 13 of 40, APY 5 of 20, CUB 50 of 150, FLO 20 of 82. E-PGN files have no
-# val_loc, so --validation draws this many of their seen classes.
-XLSA17_VALIDATION_CLASSES = {"AWA2": 13, "APY": 5, "CUB": 50, "FLO": 20}
+# E-PGN files have no val_loc, so --validation draws as many of their seen classes as xlsa17's
+# val_loc holds (benchmarks.Benchmark.validation_classes).
 OTHER_VALIDATION_SHARE = 0.25  # any other dataset name: a quarter of its seen classes (APY's 5/20, FLO's 20/82)
 
 
 def validation_class_count(name: str, n_seen: int) -> int:
     """How many seen classes become validation-unseen: xlsa17's count, at least 1, at most n_seen - 1."""
-    n = XLSA17_VALIDATION_CLASSES.get(name, round(OTHER_VALIDATION_SHARE * n_seen))
-    return min(max(n, 1), n_seen - 1)
+    n = BENCHMARKS[name].validation_classes if name in BENCHMARKS else round(OTHER_VALIDATION_SHARE * n_seen)
+    return min(max(n, 1), n_seen - 1)  # at least one class each side
 
 
 def load_epgn_validation(folder: Path, name: str, share: float, seed: int) -> GZSLData:
@@ -300,17 +316,15 @@ def load_epgn_validation(folder: Path, name: str, share: float, seed: int) -> GZ
                         f"{n_seen} rows: every seen class needs training images (and --validation needs two)")
 
     n_val = validation_class_count(name, n_seen)
-    why = (f"as many as xlsa17 holds out for {name}" if name in XLSA17_VALIDATION_CLASSES
+    why = (f"as many as xlsa17 holds out for {name}" if name in BENCHMARKS
            else f"a quarter of them ({name} is not an xlsa17 dataset)")
     unseen = np.sort(np.random.default_rng(seed).choice(n_seen, n_val, replace=False))
     every = np.arange(labels.size)
     locs = validation_rows(labels, every, every[np.isin(labels, unseen)], share, seed)
     seen = np.setdiff1d(np.arange(n_seen), unseen)
-    # The reference's E-PGN quirk, as in load_epgn: raw features over the max of the scaled training rows (1.0).
-    mx = MinMaxScaler().fit_transform(features[locs["trainval_loc"]]).max()
-    if not mx > 0:
-        raise DataError(f"{data_path}: 'train_fea' is constant")
-    part = lambda key: torch.from_numpy(np.asarray(features[locs[key]] * (1 / mx))).float().numpy()
+    scaled = reference_scaling({k: features[locs[k]] for k in ("trainval_loc", "test_seen_loc", "test_unseen_loc")},
+                               "epgn", f"{data_path}: 'train_fea' is constant")
+    part = scaled.__getitem__
     label = lambda key, classes: remap(labels[locs[key]], classes)
     return GZSLData(
         name=name, layout="epgn",

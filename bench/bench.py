@@ -1,9 +1,9 @@
 """Speed and memory of the GSMFlow protocol at AWA2 shapes, each against a bound measured in the same process.
 
-    python bench/bench.py                 # AWA2 sizes (several minutes on 2 CPU cores)
-    python bench/bench.py --quick         # smaller synthesis/classifier sizes (about a minute)
-    python bench/bench.py --device=cuda   # default: cuda when available, else cpu
-    python bench/bench.py --out=FILE.json # default: bench/results-<device>[-quick].json
+    python -m bench.bench                 # AWA2 sizes (several minutes on 2 CPU cores)
+    python -m bench.bench --quick         # smaller synthesis/classifier sizes (about a minute)
+    python -m bench.bench --device=cuda   # default: cuda when available, else cpu
+    python -m bench.bench --out=FILE.json # default: bench/results-<device>[-quick].json
 
 Each stage runs in a fresh child process, so its peak RSS is its own, and measures its
 bound there: the stage's matrix products (recorded from the real calls: shapes, strides,
@@ -14,7 +14,6 @@ See bench/README.md.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -22,27 +21,36 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
-import train  # noqa: E402
+import cli  # noqa: E402
 import evaluate  # noqa: E402
 import fast  # noqa: E402
 import runs  # noqa: E402
+import train  # noqa: E402
+import train_AWA2  # noqa: E402
 import util  # noqa: E402
+from bench.measure import (Replay, copy_bandwidth, peak_device_bytes, peak_rss_bytes, record, summarize,  # noqa: E402
+                           sync, timed)
+from benchmarks import BENCHMARKS  # noqa: E402
+from cli import opt  # noqa: E402
 from config import Config  # noqa: E402
-from measure import Replay, copy_bandwidth, peak_device_bytes, peak_rss_bytes, record, summarize, sync, timed  # noqa: E402
 from models import ConditionalFlow, RelativePositioning  # noqa: E402
 
-# AWA2 (SPEC.md): 23,527 trainval / 5,882 test-seen / 7,913 test-unseen rows; 40 + 10 classes; 85-d attributes.
-AWA2 = dict(n_train=23527, n_test_seen=5882, n_test_unseen=7913, seen=40, unseen=10, att_dim=85, dim=2048)
-# The faithful AWA2 protocol: floor(23527/256) * 500 iterations, evaluations at 30500..45500 step 500.
-PROTOCOL = dict(iterations=45500, evaluations=31, n_sample=50000, classifier_epochs=30)
+# AWA2's shapes (benchmarks.py): trainval / test-seen / test-unseen rows, classes, attribute and feature dims.
+_B = BENCHMARKS["AWA2"]
+AWA2 = dict(n_train=_B.trainval, n_test_seen=_B.test_seen, n_test_unseen=_B.test_unseen, seen=_B.seen,
+            unseen=_B.unseen, att_dim=_B.semantic_dims["att"], dim=_B.feature_dim)
+# The faithful AWA2 protocol (train_AWA2.py): iterations, evaluations, synthetic rows, classifier epochs.
+_C = train_AWA2.config
+PROTOCOL = dict(iterations=_C.total_iterations(_B.trainval), evaluations=len(_C.evaluations(_B.trainval)),
+                n_sample=_C.nSample, classifier_epochs=_C.classifier_epochs)
 # H200 figures for the projection (given in the issue; not measured here).
 H200 = dict(fp32=67e12, tf32=495e12, bf16=790e12, copy_bytes_per_s=4.3e12)
 EAGER_OP_SECONDS = 5e-6  # assumed host cost of one eager PyTorch op on a GPU (dispatch + launch)
@@ -341,27 +349,34 @@ def environment(device, quick) -> dict:
                 torch=torch.__version__, threads=torch.get_num_threads(), quick=quick, python=platform.python_version())
 
 
+@dataclass
+class BenchOptions:
+    quick: bool = opt(False, "fp32 only, smaller sizes, fewer rounds (under 2 minutes)")
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N")
+    out: str = opt("", "JSON output (default bench/results-<device>[-quick].json)", path=True)
+    stages: str = opt("train,synth,eval", "the stages to measure, comma-separated")
+    variants: str = opt("", "precision variants (default fp32,fused_adam,bf16,tf32; quick: fp32, and tf32,bf16 "
+                            "on CUDA); tf32 is CUDA only")
+    rounds: int = opt(0, "timing rounds (0: 5, quick 2)", low=0)
+    n_sample: int = opt(0, "synthetic rows per unseen class in the evaluation (0: 50000, quick 500)", low=0)
+    eval_epochs: int = opt(0, "classifier epochs run in the evaluation, of 30 (0: 3, quick 1)", low=0)
+    synth_rows_per_class: int = opt(0, "rows per unseen class in the synthesis stage (0: 1500, quick 100)", low=0)
+    child: str = opt("", "internal: run one stage in this process", choices=("", "train", "synth", "eval"))
+
+
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="fp32 only, smaller sizes, fewer rounds (under 2 minutes)")
-    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    ap.add_argument("--out", default=None, help="JSON output (default bench/results-<device>[-quick].json)")
-    ap.add_argument("--stages", default="train,synth,eval")
-    ap.add_argument("--variants", default=None, help="precision variants, default fp32,fused_adam,bf16,tf32 "
-                    "(quick: fp32, and tf32,bf16 on CUDA); tf32 is CUDA only")
-    ap.add_argument("--rounds", type=int, default=None, help="timing rounds (default 5, quick 2)")
-    ap.add_argument("--n_sample", type=int, default=None, help="synthetic rows per unseen class in the evaluation")
-    ap.add_argument("--eval_epochs", type=int, default=None, help="classifier epochs run in the evaluation (of 30)")
-    ap.add_argument("--synth_rows_per_class", type=int, default=None)
-    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    return cli.main_guard(bench, sys.argv[1:] if argv is None else argv)
+
+
+def bench(argv: list[str]) -> dict:
+    args = BenchOptions(**cli.parse(cli.parser_for("python -m bench.bench", __doc__, (BenchOptions, None)), argv))
     device = runs.resolve_device(args.device)
-    if args.variants is None:
+    if not args.variants:
         args.variants = ("fp32,tf32,bf16" if device.type == "cuda" else "fp32") if args.quick else "fp32,fused_adam,bf16,tf32"
     args.variants = args.variants.split(",")
     defaults = dict(rounds=(2, 5), n_sample=(500, 50000), eval_epochs=(1, 3), synth_rows_per_class=(100, 1500))
     for k, (quick, full) in defaults.items():
-        if getattr(args, k) is None:
+        if not getattr(args, k):
             setattr(args, k, quick if args.quick else full)
 
     if args.child:  # one stage in this fresh process
@@ -377,11 +392,11 @@ def main(argv=None) -> dict:
             print(f"skipped variant {name}: {why}", flush=True)
     out = Path(args.out) if args.out else ROOT / "bench" / f"results-{device.type}{'-quick' if args.quick else ''}.json"
     res = {}
-    passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--stages")]
+    passthrough = [a for a in argv if not a.startswith("--stages")]
     for stage in args.stages.split(","):
         t0 = time.time()
         print(f"[{stage}] running in a child process ...", flush=True)
-        proc = subprocess.run([sys.executable, __file__, f"--child={stage}", *passthrough],
+        proc = subprocess.run([sys.executable, "-m", "bench.bench", f"--child={stage}", *passthrough],
                               capture_output=True, text=True, cwd=ROOT)
         lines = [l for l in proc.stdout.splitlines() if l.startswith(RESULT_TAG)]
         if proc.returncode or not lines:

@@ -20,7 +20,6 @@ import sys
 import tempfile
 import textwrap
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,28 +31,8 @@ import pooch  # noqa: E402
 import requests  # noqa: E402
 
 import provenance  # noqa: E402
-from benchmarks import BENCHMARKS, Archive, PrepareError, layout_of, verify  # noqa: E402
-
-
-@dataclass(frozen=True)
-class Source:
-    url: str
-    holds: dict          # dataset -> layout of its files in the archive
-    what: str
-
-
-SOURCES = {
-    "authors": Source(
-        url="https://www.dropbox.com/s/5sprhvavkb3pu5m/GSMFlow_data.zip?dl=1",
-        holds={"AWA2": "xlsa17", "APY": "xlsa17", "CUB": "epgn", "FLO": "epgn"},
-        what="the data archive linked from the authors' GSMFlow README, the data of the paper: "
-             "xlsa17 res101.mat/att_splits.mat for AWA2 and APY, E-PGN data.mat/label.mat for CUB and FLO"),
-    "xlsa17": Source(
-        url="http://datasets.d2.mpi-inf.mpg.de/xian/xlsa17.zip",
-        holds={"AWA2": "xlsa17", "APY": "xlsa17", "CUB": "xlsa17"},
-        what="Xian et al.'s proposed splits v2.0 (about 880 MB): AWA2, APY, and CUB with its 312-d attributes "
-             "(train with --class_embedding=att); also AWA1 and SUN, not trained here; no FLO"),
-}
+from benchmarks import BENCHMARKS, SOURCES  # noqa: E402
+from staging import Archive, PrepareError, layout_of, verify  # noqa: E402
 
 
 # ------------------------------------------------------------------------------- fetching

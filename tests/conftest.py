@@ -1,12 +1,10 @@
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[1]  # on sys.path through pytest.ini's pythonpath
 SHARED_XLSA17 = ROOT.parent / "shared" / "xlsa17"
 # Where the device-aware tests run: GSMFLOW_TEST_DEVICE=cuda (bench/gpu_check.sh) or cpu (default).
 # Bit-exactness against the literal reference stays on the CPU, where that reference is defined.
@@ -21,7 +19,7 @@ def pytest_configure(config):
 def pytest_report_header(config):
     return f"gsmflow test device: {TEST_DEVICE} (GSMFLOW_TEST_DEVICE)"
 
-import synthetic  # noqa: E402
+import synthetic
 
 
 @pytest.fixture

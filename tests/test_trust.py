@@ -40,7 +40,7 @@ def comparable(rows):
 def test_resume_after_kill_9_gives_the_uninterrupted_metrics(apy, tmp_path):
     cfg = tiny_config(apy, tmp_path / "a", gen_nepoch=30, eval_start=29, evl_interval=30, disp_interval=10,
                       classifier_epochs=10)
-    script = [sys.executable, str(ROOT / "train_APY.py"), "--quiet"]
+    script = [sys.executable, str(ROOT / "train_APY.py")]  # cli_args(cfg) holds --quiet=True
     subprocess.run(script + cli_args(cfg), check=True, capture_output=True, cwd=ROOT)
     (full_dir,) = (tmp_path / "a" / "APY").iterdir()
     expected = comparable(runs.read_jsonl(full_dir / "metrics.jsonl"))
@@ -60,7 +60,7 @@ def test_resume_after_kill_9_gives_the_uninterrupted_metrics(apy, tmp_path):
     (run_dir,) = (tmp_path / "b" / "APY").iterdir()
     killed_at = len(runs.read_jsonl(run_dir / "metrics.jsonl"))
     assert killed_at < len(expected)
-    out = subprocess.run(script + [f"--resume={run_dir}"], capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(script + ["--quiet", f"--resume={run_dir}"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "resumed from" in out.stdout
     assert comparable(runs.read_jsonl(run_dir / "metrics.jsonl")) == expected

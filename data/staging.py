@@ -1,42 +1,16 @@
-"""The benchmark files, for data/prepare.py: their two layouts, finding a dataset's files in a zip
-or folder (Archive), each benchmark's counts (BENCHMARKS) and the verification of staged files
-against them with the project's own loaders.
+"""Staging the benchmark files, for data/prepare.py: their two layouts, finding a dataset's files
+in a zip or folder (Archive), and the verification of staged files against the benchmark's
+counts (benchmarks.py, the project's one table) with the project's own loaders.
 """
 from __future__ import annotations
 
 import shutil
 import zipfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from benchmarks import Benchmark
 
-@dataclass(frozen=True)
-class Benchmark:
-    """The counts of a dataset's proposed split (Xian et al.), checked on every placed xlsa17 file."""
-    images: int
-    seen: int
-    unseen: int
-    semantic_dims: dict  # split-file stem -> dimension of its class vectors
-    trainval: int
-    test_seen: int
-    test_unseen: int
-    feature_dim: int = 2048  # ResNet-101
-
-
-# Images, split sizes, classes and semantic dimensions: the real split files in ../shared/xlsa17/
-# (tests/test_prepare.py checks them there). The seen/unseen division (SPEC.md) needs the labels
-# in res101.mat, and CUB's 312-d att_splits.mat is not in ../shared: those two come from SPEC.md.
-BENCHMARKS = {
-    "AWA2": Benchmark(images=37322, seen=40, unseen=10, semantic_dims={"att": 85},
-                      trainval=23527, test_seen=5882, test_unseen=7913),
-    "APY": Benchmark(images=15339, seen=20, unseen=12, semantic_dims={"att": 64},
-                     trainval=5932, test_seen=1483, test_unseen=7924),
-    "CUB": Benchmark(images=11788, seen=150, unseen=50, semantic_dims={"sent": 1024, "att": 312},
-                     trainval=7057, test_seen=1764, test_unseen=2967),
-    "FLO": Benchmark(images=8189, seen=82, unseen=20, semantic_dims={"att": 1024},
-                     trainval=5631, test_seen=1403, test_unseen=1155),
-}
 
 LAYOUT_FILES = {"xlsa17": ("res101.mat", "att_splits.mat", "sent_splits.mat"), "epgn": ("data.mat", "label.mat")}
 KNOWN_FILES = set(LAYOUT_FILES["xlsa17"] + LAYOUT_FILES["epgn"])

@@ -1,0 +1,97 @@
+"""Opening and closing runs (runs.open_run / finish_run): one writer per run directory, whole
+files on disk, resume only on the data the run started with, logs cut short by a kill."""
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import fileio
+import runs
+import synthetic
+import train
+import util
+from test_end_to_end import tiny_config
+
+
+@pytest.fixture(scope="module")
+def apy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    synthetic.generate(root / "APY", "APY", seed=3, per_seen=(20, 5), per_unseen=10, feature_dim=64, noise=3.0)
+    return root
+
+
+def test_a_second_writer_of_one_run_directory_is_refused(tmp_path):
+    first = runs.lock_run_dir(tmp_path)
+    with pytest.raises(util.DataError, match="another process is writing this run"):
+        runs.lock_run_dir(tmp_path)
+    first.close()
+    runs.lock_run_dir(tmp_path).close()  # free again once the first writer is done
+
+
+def test_two_resumes_of_one_run_cannot_interleave(apy, tmp_path):
+    cfg = tiny_config(apy, tmp_path, gen_nepoch=10, eval_start=29, evl_interval=30, eval_zsl=False)
+    run_dir = train.run(cfg)["run_dir"]
+    holder = runs.lock_run_dir(Path(run_dir))  # as a resume still running would
+    try:
+        with pytest.raises(util.DataError, match="another process is writing this run"):
+            train.resume(cfg, [f"--resume={run_dir}"])
+    finally:
+        holder.close()
+
+
+def test_resume_refuses_data_that_changed_since_the_run_started(apy, tmp_path):
+    data_root = tmp_path / "data"
+    synthetic.generate(data_root / "APY", "APY", seed=3, per_seen=(20, 5), per_unseen=10, feature_dim=64, noise=3.0)
+    cfg = tiny_config(data_root, tmp_path / "out", gen_nepoch=10, eval_start=29, evl_interval=30, eval_zsl=False)
+    run_dir = train.run(cfg)["run_dir"]
+    features = data_root / "APY" / "res101.mat"
+    size = features.stat().st_size
+    synthetic.generate(data_root / "APY", "APY", seed=4, per_seen=(20, 5), per_unseen=10, feature_dim=64, noise=3.0)
+    assert features.stat().st_size == size  # other values, same size
+    with pytest.raises(util.DataError, match=r"res101.mat: changed since .* started"):
+        train.resume(cfg, [f"--resume={run_dir}"])
+
+
+def test_a_jsonl_line_cut_short_by_a_kill_is_dropped_and_other_bad_lines_named(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"iteration": 30, "H": 1.0}\n{"iteration": 60, "H"')
+    assert runs.read_jsonl(path) == [{"iteration": 30, "H": 1.0}]
+    path.write_text('{"iteration": 30\n{"iteration": 60}\n')
+    with pytest.raises(util.DataError, match="metrics.jsonl: line 1 is not valid JSON"):
+        runs.read_jsonl(path)
+
+
+def test_files_are_synced_before_they_replace_the_old_ones(tmp_path, monkeypatch):
+    events = []
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync"))
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b)))
+    fileio.atomic_text(tmp_path / "summary.json", "{}")
+    assert events[:2] == ["fsync", "replace"] and (tmp_path / "summary.json").read_text() == "{}"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_rng_states_of_more_gpus_than_this_machine_has(monkeypatch):
+    state = runs.rng_state()
+    state["cuda"] = [torch.zeros(16, dtype=torch.uint8), torch.ones(16, dtype=torch.uint8)]  # saved on 2 GPUs
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: calls.append(device))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: pytest.fail("would index GPU 1"))
+    runs.set_rng_state(state)
+    assert calls == [0]
+
+
+def test_summary_json_is_written_by_finish_run_for_every_mode(apy, tmp_path):
+    cfg = tiny_config(apy, tmp_path, gen_nepoch=10, eval_start=29, evl_interval=30, eval_zsl=False)
+    trained = train.run(cfg)
+    evaluated = train.eval_only(dataclasses.replace(cfg, eval_only=f"{trained['run_dir']}/best.pt"))
+    for summary in (trained, evaluated):
+        on_disk = json.loads(open(f"{summary['run_dir']}/summary.json").read())
+        assert on_disk == json.loads(json.dumps(summary))
+        assert {"wall_seconds", "run_dir", "split", "data_files"} <= set(on_disk)
+        runs.lock_run_dir(Path(summary["run_dir"])).close()  # released: another process may take it
