@@ -15,6 +15,7 @@ the test split. Its value is the validation H under the rule --select=val uses: 
     --study=NAME       default <DATASET>[-synthetic]-space<SPACE_VERSION>
     --timeout=SECONDS  this worker starts no trial after that long
     --heartbeat=SECONDS  a trial whose worker stops beating for twice this long is failed and retried
+                       (the same on every worker of a study)
     --report           print the best settings, write trials.csv and the plots; no new trial
     --final_seeds=S,.. with --report: run the best settings on the test split over these seeds
 """
@@ -23,9 +24,11 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import gc
 import importlib
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -36,13 +39,15 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+import provenance
 import train
 import util
 from config import Config, ConfigError, parse_args, parse_overrides
 from report import choose_on_validation, print_seed_table
 from runs import NonFiniteError, fail, read_jsonl
-from studies import (check_same_config, exclusive, fingerprint, load_existing_study, open_storage,  # noqa: F401
-                     shown, started)
+from studies import (check_same_config, check_same_settings, exclusive, fingerprint, joiner_seed,  # noqa: F401
+                     load_existing_study, open_storage, run_trial, shown, store_settings, wait_for_settings,
+                     work_left)
 
 ROOT = Path(__file__).resolve().parent
 
@@ -95,13 +100,29 @@ def script_values(cfg: Config) -> dict:
     return {name: getattr(cfg, name) for name in SPACE}
 
 
+def check_in_space(cfg: Config) -> None:
+    """A study's first trial runs the script's own values: each must lie in its SPACE range."""
+    for name in SPACE:
+        low, high, _ = bounds(name, cfg)
+        value = getattr(cfg, name)
+        if not low <= value <= high:
+            raise ConfigError(f"option --{name}={value:g}: outside tune.py's search range {low:g} .. {high:g} "
+                              f"(SPACE); a study's first trial runs the script's own values, so give one inside it")
+
+
+def space_record() -> dict:
+    """SPACE as stored with a study (JSON): workers with another SPACE are refused."""
+    return {"version": SPACE_VERSION, **{k: list(v) for k, v in SPACE.items()}}
+
+
 # ----------------------------------------------------------------------------- objective
 
 def objective(trial: optuna.Trial, cfg: Config, study_dir: Path) -> float:
     """One training run on the validation split; reports each evaluation's H for pruning."""
     trial_cfg = dataclasses.replace(cfg, **suggest(trial, cfg), validation=True, out_dir=str(study_dir),
                                     seeds="", save_synthetic="", resume="", eval_only="")
-    assert trial_cfg.validation, "a trial must train and score on the validation split, never the test split"
+    if not trial_cfg.validation:
+        raise RuntimeError("a trial must train and score on the validation split, never the test split")
     trial.set_user_attr("host", socket.gethostname())
 
     def on_evaluation(row: dict, run_dir: Path) -> None:
@@ -119,7 +140,8 @@ def objective(trial: optuna.Trial, cfg: Config, study_dir: Path) -> float:
         # settings that diverge or do not fit are an outcome, not a crash of the worker
         trial.set_user_attr("error", str(exc).splitlines()[0][:300])
         raise optuna.TrialPruned(type(exc).__name__) from None
-    assert summary["split"] == "validation", f"trial {trial.number} ran on the {summary['split']} split"
+    if summary["split"] != "validation":
+        raise RuntimeError(f"trial {trial.number} ran on the {summary['split']} split, not the validation split")
     rows = read_jsonl(Path(summary["run_dir"]) / "metrics.jsonl")
     total = summary["total_iterations"]
     chosen = choose_on_validation(rows, total, rows, total)  # --select=val's rule, on validation rows
@@ -142,31 +164,36 @@ def make_pruner() -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS)
 
 
-def open_study(storage, name: str, cfg: Config) -> tuple[optuna.Study, bool]:
-    """Create the study (its first trial: the script's own values) or join it; True if created."""
+def open_study(storage, name: str, cfg: Config, data: dict | None = None) -> tuple[optuna.Study, bool]:
+    """Create the study (its first trial: the script's own values) or join it; True if created.
+    `data`: {file name: sha256} of the data files (None: not compared, as for --synthetic)."""
     pruner = make_pruner()
+    shared = {"space": space_record(), "heartbeat": storage.get_heartbeat_interval(), "data": data}
+    first = (script_values(cfg), f"train_{cfg.dataset}.py")
     try:
         study = optuna.create_study(storage=storage, study_name=name, direction="maximize", pruner=pruner,
                                     sampler=optuna.samplers.TPESampler(seed=cfg.manualSeed))
     except optuna.exceptions.DuplicatedStudyError:
-        # Joining workers must not propose the first worker's points: their TPE seed differs.
-        seed = cfg.manualSeed + 1 + os.getpid()
+        # Joining workers must not propose the first worker's points, nor each other's: a seed of their own.
         study = optuna.load_study(storage=storage, study_name=name, pruner=pruner,
-                                  sampler=optuna.samplers.TPESampler(seed=seed))
-        check_same_config(study, cfg)
+                                  sampler=optuna.samplers.TPESampler(seed=joiner_seed()))
+        if not wait_for_settings(study):  # its creator died before storing them: this worker does
+            store_settings(study, cfg, shared, *first)
+        check_same_settings(study, cfg, shared)
         return study, False
-    study.set_user_attr("base_config", fingerprint(cfg))
-    study.set_user_attr("space", {"version": SPACE_VERSION, **{k: list(v) for k, v in SPACE.items()}})
-    study.enqueue_trial(script_values(cfg), user_attrs={"origin": f"train_{cfg.dataset}.py"})
+    store_settings(study, cfg, shared, *first)
     return study, True
 
 
-def preflight(cfg: Config, study_dir: Path) -> str:
-    """Load the validation split once, as every trial will, so bad input fails here in one line."""
+def preflight(cfg: Config, study_dir: Path) -> tuple[str, dict | None]:
+    """Load the validation split once, as every trial will, so bad input fails here in one line.
+    Returns its description and {file name: sha256} of its files (None with --synthetic: the stand-in
+    is generated on each machine, and its MAT headers carry the time)."""
     vcfg = dataclasses.replace(cfg, validation=True, out_dir=str(study_dir))
     with exclusive(study_dir / ".data.lock"):  # --synthetic: one worker generates the stand-in, the others wait
         data = train.prepare_data(vcfg)
-    assert data.split == "validation"
+    if data.split != "validation":
+        raise RuntimeError(f"tune.py loaded the {data.split} split; trials must use the validation split")
     n = len(data.train_label)
     if cfg.batchsize >= n:
         raise ConfigError(f"option --batchsize={cfg.batchsize}: must be smaller than the {n} training images "
@@ -177,7 +204,9 @@ def preflight(cfg: Config, study_dir: Path) -> str:
         raise ConfigError(f"option --eval_start={cfg.eval_start}: on the validation split a run trains {total} "
                           f"iterations, so no evaluation (multiples of --evl_interval={cfg.evl_interval} above "
                           f"--eval_start) would score a trial")
-    return f"{data.describe()}; {total} iterations, evaluations at {evaluations}"
+    files = None if cfg.synthetic else {Path(f["path"]).name: f["sha256"]
+                                        for f in provenance.describe_files(data.files)}
+    return f"{data.describe()}; {total} iterations, evaluations at {evaluations}", files
 
 
 def print_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -193,22 +222,36 @@ def print_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     sys.stdout.flush()
 
 
+def print_taken(trial: optuna.trial.FrozenTrial, heartbeat: int) -> None:
+    """One line for a trial another worker failed while it ran here (it is retried as a new trial)."""
+    from tqdm import tqdm
+    tqdm.write(f"trial {trial.number:3d} failed by another worker while it ran here (no heartbeat from this "
+               f"worker reached the storage for {2 * heartbeat} s); it is retried as a new trial, and this "
+               f"worker's run of it stopped", file=sys.stdout)
+    sys.stdout.flush()
+
+
 def fmt_params(params: dict) -> str:
     return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
 def work(cfg: Config, opts: dict, storage, name: str, study_dir: Path) -> optuna.Study:
     """Run trials until the study has opts['trials'] finished or running ones (or --timeout passes)."""
-    print(f"data: {preflight(cfg, study_dir)}")
-    study, created = open_study(storage, name, cfg)
+    described, files = preflight(cfg, study_dir)
+    print(f"data: {described}")
+    study, created = open_study(storage, name, cfg, files)
     print(f"study {name} ({'created' if created else 'joined'}) in {shown(opts['storage'])}; "
           f"{opts['trials']} trials in all; run directories under {study_dir}/{cfg.dataset}/")
     print(f"objective: validation H (best evaluation and classifier epoch, --select=val's rule); "
           f"the test split is never read by a trial")
     deadline = time.monotonic() + opts["timeout"] if opts["timeout"] else None
-    while started(study) < opts["trials"] and (deadline is None or time.monotonic() < deadline):
-        study.optimize(lambda t: objective(t, cfg, study_dir), n_trials=1, callbacks=[print_trial],
-                       gc_after_trial=True)
+    while work_left(study, opts["trials"]) and (deadline is None or time.monotonic() < deadline):
+        trial, finished_here = run_trial(study, lambda t: objective(t, cfg, study_dir))
+        gc.collect()
+        if finished_here:
+            print_trial(study, trial)
+        else:
+            print_taken(trial, study._storage.get_heartbeat_interval())
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if done:
         best = study.best_trial
@@ -304,6 +347,7 @@ def final_runs(cfg: Config, best: dict, seeds: str, select: str, study_dir: Path
 
 # ----------------------------------------------------------------------------- command line
 
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 TUNE_OPTIONS = {"trials": 40, "storage": "", "study": "", "timeout": 0.0, "heartbeat": 60, "report": False,
                 "final_seeds": ""}
 
@@ -324,7 +368,9 @@ def parse_command(argv: list[str]) -> tuple[str, dict, list[str]]:
             continue
         kind = type(TUNE_OPTIONS[key])
         if kind is bool:
-            opts[key] = not has_value or text.lower() in ("1", "true", "yes", "on")
+            if has_value and text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ConfigError(f"option --{key}: expected true or false (or 1/0, yes/no), got {text!r}")
+            opts[key] = not has_value or text.lower() in ("true", "1", "yes")
             continue
         if not has_value:
             raise ConfigError(f"option --{key} needs a value: --{key}=VALUE")
@@ -358,8 +404,10 @@ def main(argv: list[str] | None = None):
                                   f"the test-split runs are --report --final_seeds=...)")
         script = importlib.import_module(f"train_{dataset}").config
         cfg = parse_overrides(script, overrides)
-        for name in SPACE:
-            bounds(name, cfg)
+        check_in_space(cfg)
+        if opts["study"] and not STUDY_NAME.fullmatch(opts["study"]):
+            raise ConfigError(f"option --study: {opts['study']!r} is not a study name (letters, digits, '.', '_', "
+                              f"'-', from a letter or digit; it names a folder under out_dir/tune/)")
         name = opts["study"] or f"{dataset}{'-synthetic' if cfg.synthetic else ''}-space{SPACE_VERSION}"
         tune_dir = Path(cfg.out_dir) / "tune"
         if not opts["storage"]:

@@ -1,6 +1,7 @@
 """tune.py: Optuna studies on the validation split, their report, and workers sharing a study."""
 import ast
 import csv
+import datetime
 import json
 import multiprocessing
 import os
@@ -12,15 +13,19 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
 import scipy.io as sio
+import sqlalchemy
 import torch
 
+import studies
 import synthetic
 import train
 import train_APY
@@ -137,6 +142,11 @@ def test_pruned_trials_stop_early_keep_their_run_dir_and_count(tmp_path, monkeyp
     (["--weight_decay=0"], "option --weight_decay: tune.py searches around the script's value"),
     (["--report", "--study=missing"], "option --study: no study 'missing'"),
     (["--eval_start=1000"], "option --eval_start=1000: on the validation split a run trains 40 iterations"),
+    # values the study's first trial (the script's own) cannot take: refused before any trial
+    (["--trials=1", "--prototype=0"], "option --prototype=0: outside tune.py's search range 0.3 .. 30"),
+    (["--trials=1", "--num_coupling_layers=1"], "option --num_coupling_layers=1: outside tune.py's search range"),
+    (["--trials=1", "--report=junk"], "option --report: expected true or false"),
+    (["--trials=1", "--study=../elsewhere"], "option --study: '../elsewhere' is not a study name"),
 ])
 def test_bad_options_fail_in_one_line(tmp_path, capsys, extra, message):
     root = make_data(tmp_path / "data")
@@ -279,3 +289,189 @@ def postgres_url():
 def test_two_workers_share_one_postgresql_study(tmp_path, postgres_url):
     done = run_two_workers(tmp_path, postgres_url, 2)
     assert {t.user_attrs["host"] for t in done} == {socket.gethostname()}  # where each trial ran
+
+
+# ----------------------------------------------------------------------------- bookkeeping (no training)
+
+def fast_objective(monkeypatch, score=lambda trial: 50.0):
+    """Trials that suggest their values and score at once: the faults below are in the bookkeeping."""
+    def objective(trial, cfg, study_dir):
+        tune.suggest(trial, cfg)
+        return score(trial)
+    monkeypatch.setattr(tune, "objective", objective)
+
+
+def age_heartbeats(storage, seconds: int = 3600) -> None:
+    """Every recorded heartbeat `seconds` older: as if their workers had died that long ago."""
+    from optuna.storages._rdb.models import TrialHeartbeatModel
+    storage = getattr(storage, "_backend", storage)  # a study's storage wraps the RDBStorage in a cache
+    session = storage.scoped_session()
+    for beat in session.query(TrialHeartbeatModel).all():
+        beat.heartbeat = beat.heartbeat - datetime.timedelta(seconds=seconds)
+    session.commit()
+    storage.scoped_session.remove()
+
+
+def states(out: Path) -> list[str]:
+    return [t.state.name for t in trials(out)]
+
+
+def test_a_trial_killed_as_the_studys_last_is_retried_by_the_next_worker(tmp_path, monkeypatch):
+    root, out = make_data(tmp_path / "data"), tmp_path / "out"
+    fast_objective(monkeypatch)
+    tune.main(args(root, out, "--trials=1"))
+    storage = tune.open_storage(f"sqlite:///{out / 'tune' / 'tune.db'}", 60)
+    study = optuna.load_study(study_name=STUDY, storage=storage)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        last = study.ask()  # trial 1, the study's last: its worker is SIGKILLed mid-trial
+    tune.suggest(last, tune.parse_overrides(train_APY.config, TINY))
+    storage.record_heartbeat(last._trial_id)
+    age_heartbeats(storage)
+    tune.main(args(root, out, "--trials=2"))  # a rerun: it fails trial 1, then must run its retry
+    done = trials(out)
+    assert [t.state.name for t in done] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert done[2].system_attrs.get("failed_trial") == 1 and done[2].params == done[1].params
+
+
+def test_a_worker_with_another_heartbeat_is_refused(tmp_path, monkeypatch, capsys):
+    root, out = make_data(tmp_path / "data"), tmp_path / "out"
+    fast_objective(monkeypatch)
+    tune.main(args(root, out, "--trials=1", "--heartbeat=60"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # its 2 s grace would fail the others' live trials
+        tune.main(args(root, out, "--trials=2", "--heartbeat=1"))
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: option --heartbeat: study {STUDY} was started with --heartbeat=60, this "
+                          f"command gives 1") and err.count("\n") == 1
+    assert states(out) == ["COMPLETE"]
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_failed_heartbeat_is_retried_and_the_trial_kept(tmp_path, monkeypatch):
+    root, out = make_data(tmp_path / "data"), tmp_path / "out"
+    calls = []
+    real_beat = optuna.storages.RDBStorage.record_heartbeat
+
+    def record_heartbeat(self, trial_id):
+        calls.append(time.monotonic())
+        if len(calls) == 2:  # one storage error, say a dropped connection
+            raise sqlalchemy.exc.OperationalError("UPDATE trial_heartbeats", {}, Exception("server closed"))
+        return real_beat(self, trial_id)
+
+    def score(trial):
+        if trial.number == 0:
+            deadline = time.monotonic() + 6
+            while len(calls) < 4 and time.monotonic() < deadline:  # beats keep coming after the error
+                time.sleep(0.05)
+            optuna.storages.fail_stale_trials(trial.study)  # what another worker does: fails it if it went quiet
+        return 50.0
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "record_heartbeat", record_heartbeat)
+    fast_objective(monkeypatch, score)
+    tune.main(args(root, out, "--trials=2", "--heartbeat=1"))
+    assert states(out) == ["COMPLETE", "COMPLETE"] and len(calls) >= 4
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_trial_failed_under_its_worker_ends_that_run_in_one_line(tmp_path, monkeypatch, capsys):
+    root, out = make_data(tmp_path / "data"), tmp_path / "out"
+
+    def score(trial):
+        if trial.number == 0:  # its heartbeats did not reach the storage: another worker fails and requeues it
+            age_heartbeats(trial.study._storage)
+            optuna.storages.fail_stale_trials(trial.study)
+            trial.report(40.0, 20)  # the run's next evaluation
+        return 50.0
+
+    fast_objective(monkeypatch, score)
+    tune.main(args(root, out, "--trials=2"))
+    captured = capsys.readouterr()
+    done = trials(out)
+    assert [t.state.name for t in done] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert done[1].system_attrs["failed_trial"] == 0
+    lines = [l for l in captured.out.splitlines() if l.startswith("trial   0")]
+    assert len(lines) == 1 and "failed by another worker" in lines[0]
+    assert "Traceback" not in captured.out + captured.err
+
+
+def test_a_worker_joining_before_the_settings_are_stored_waits_for_them(tmp_path, monkeypatch, capsys):
+    root, out = make_data(tmp_path / "data"), tmp_path / "out"
+    (out / "tune").mkdir(parents=True)
+    url = f"sqlite:///{out / 'tune' / 'tune.db'}"
+    optuna.create_study(storage=url, study_name=STUDY, direction="maximize")  # its creator, still setting it up
+    other = tune.parse_overrides(train_APY.config, [*TINY, "--gen_nepoch=11"])
+    creator = threading.Timer(2.0, lambda: optuna.load_study(study_name=STUDY, storage=url).set_user_attr(
+        "base_config", tune.fingerprint(other)))
+    fast_objective(monkeypatch)
+    creator.start()
+    try:
+        with pytest.raises(SystemExit):
+            tune.main(args(root, out, "--trials=1"))
+    finally:
+        creator.join()
+    assert capsys.readouterr().err.startswith(f"error: option --gen_nepoch: study {STUDY} was started with "
+                                              f"--gen_nepoch=11")
+    assert trials(out) == []
+
+
+def test_a_study_whose_creator_died_before_storing_its_settings_is_set_up_by_the_next(tmp_path, monkeypatch, capsys):
+    root, out = make_data(tmp_path / "data"), tmp_path / "out"
+    (out / "tune").mkdir(parents=True)
+    optuna.create_study(storage=f"sqlite:///{out / 'tune' / 'tune.db'}", study_name=STUDY, direction="maximize")
+    monkeypatch.setattr(studies, "SETUP_WAIT", 0.5, raising=False)
+    fast_objective(monkeypatch)
+    tune.main(args(root, out, "--trials=1"))
+    (first,) = trials(out)
+    assert first.params == tune.script_values(tune.parse_overrides(train_APY.config, TINY))
+    assert first.user_attrs["origin"] == "train_APY.py"
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        tune.main(args(root, out, "--trials=2", "--gen_nepoch=11"))
+    assert capsys.readouterr().err.startswith(f"error: option --gen_nepoch: study {STUDY} was started with "
+                                              f"--gen_nepoch=10")
+
+
+def test_workers_on_other_data_or_another_search_space_are_refused(tmp_path, monkeypatch, capsys):
+    root, out = make_data(tmp_path / "data"), tmp_path / "out"
+    fast_objective(monkeypatch)
+    tune.main(args(root, out, "--trials=1"))
+    other = tmp_path / "other"
+    synthetic.generate(other / "APY", "APY", seed=4, per_seen=(20, 5), per_unseen=10, feature_dim=64, noise=3.0)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        tune.main(["APY", f"--dataroot={other}", f"--out_dir={out}", *TINY, "--trials=2"])
+    err = capsys.readouterr().err
+    assert re.match(rf"error: option --dataroot: study {STUDY} was started on other data: its "
+                    rf"(res101|att_splits)\.mat has sha256 \w+\.\.\., this worker's has sha256 ", err)
+    assert err.count("\n") == 1
+    monkeypatch.setitem(tune.SPACE, "dropout", ("uniform", 0.0, 0.6))  # SPACE edited, SPACE_VERSION not
+    with pytest.raises(SystemExit):
+        tune.main(args(root, out, "--trials=2"))
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: option --study: study {STUDY} was started with another search space") \
+        and err.count("\n") == 1
+    assert states(out) == ["COMPLETE"]
+
+
+def test_joining_workers_propose_other_points_even_with_the_same_pid(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "getpid", lambda: 7)  # containers: every worker is pid 7
+    cfg = tune.parse_overrides(train_APY.config, TINY)
+    storage = tune.open_storage(f"sqlite:///{tmp_path / 'tune.db'}", 60)
+    study, created = tune.open_study(storage, STUDY, cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = study.ask()
+        study.tell(first, 50.0)
+        joined = [tune.open_study(storage, STUDY, cfg) for _ in range(2)]
+        assert created and not joined[0][1] and not joined[1][1]
+        points = [tune.suggest(s.ask(), cfg) for s, _ in joined]
+    assert points[0] != points[1]
+
+
+def test_no_safety_checks_that_python_O_would_remove():
+    from conftest import ROOT
+    for name in ("tune.py", "studies.py", "train.py", "evaluate.py", "runs.py"):
+        tree = ast.parse((ROOT / name).read_text(), name)
+        lines = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Assert)]
+        assert not lines, f"{name}: assert at lines {lines} (gone under python -O): raise an error instead"
