@@ -208,7 +208,8 @@ def add_options(parser: argparse.ArgumentParser, cls, defaults=None, groups: dic
             extra.append(" | ".join(map(str, meta["choices"])))
         if meta.get("positional"):
             element = typing.get_args(kind)[0] if typing.get_origin(kind) is list else kind
-            group.add_argument(f.name, nargs="*" if typing.get_origin(kind) is list else None,
+            # optional for argparse: the command says what is missing, after unknown options are named
+            group.add_argument(f.name, nargs="*" if typing.get_origin(kind) is list else "?",
                                type=converter(f.name, element, meta), help=text, default=argparse.SUPPRESS,
                                metavar=f.name.upper())
             continue

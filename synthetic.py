@@ -12,12 +12,15 @@ from __future__ import annotations
 import sys
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import scipy.io as sio
 
+import cli
 from benchmarks import BENCHMARKS, SOURCES
+from cli import opt
 
 
 
@@ -171,7 +174,22 @@ def write_archive(path: Path, source: str = "authors", datasets=None, seed: int 
     return Path(path)
 
 
+@dataclass
+class SyntheticOptions:
+    dataset: str = opt("", f"which stand-in: {' | '.join(BENCHMARKS)}", positional=True, dataset=True,
+                       choices=("", *BENCHMARKS))
+    out_root: str = opt("", "the folder that receives <DATASET>/", positional=True, path=True)
+    seed: int = opt(0, "seed of the generator", low=0)
+
+
+def main(argv: list[str]) -> Path:
+    opts = SyntheticOptions(**cli.parse(cli.parser_for("synthetic.py", __doc__, (SyntheticOptions, None)), argv))
+    if not (opts.dataset and opts.out_root):
+        raise cli.ConfigError("usage: python synthetic.py DATASET OUT_ROOT (see --help)")
+    folder = generate(Path(opts.out_root) / opts.dataset, opts.dataset, seed=opts.seed)
+    print(folder)
+    return folder
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in BENCHMARKS:
-        sys.exit(f"usage: python synthetic.py {{{','.join(BENCHMARKS)}}} OUT_ROOT")
-    print(generate(Path(sys.argv[2]) / sys.argv[1], sys.argv[1]))
+    cli.main_guard(main, sys.argv[1:])

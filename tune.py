@@ -8,16 +8,8 @@ A trial is one full training run of train_<DATASET>.py's `config`, with this com
 --key=value overrides applied, then the trial's values from SPACE, and --validation on: it trains
 and scores on a split of the training data alone (README "Honest selection"), so no trial reads
 the test split. Its value is the validation H under the rule --select=val uses: the best
-(evaluation, classifier epoch) on the validation split. Own options:
-
-    --trials=N         the study ends when N trials have finished (completed or pruned), over all workers
-    --storage=URL      any SQLAlchemy URL; default sqlite:///<out_dir>/tune/tune.db
-    --study=NAME       default <DATASET>[-synthetic]-space<SPACE_VERSION>
-    --timeout=SECONDS  this worker starts no trial after that long
-    --heartbeat=SECONDS  a trial whose worker stops beating for twice this long is failed and retried
-                       (the same on every worker of a study)
-    --report           print the best settings, write trials.csv and the plots; no new trial
-    --final_seeds=S,.. with --report: run the best settings on the test split over these seeds
+(evaluation, classifier epoch) on the validation split. A dataset without a train_<DATASET>.py
+(a folder made by data/make_dataset.py) starts from Config defaults, as `train.py --dataset=NAME`.
 """
 from __future__ import annotations
 
@@ -33,6 +25,7 @@ import socket
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -42,9 +35,13 @@ from optuna.trial import TrialState
 import provenance
 import train
 import util
-from config import Config, ConfigError, parse_args, parse_overrides
+import cli
+import config
+from benchmarks import canonical_name
+from cli import ConfigError, opt
+from config import NOT_FOR_TUNING, Config
 from report import choose_on_validation, print_seed_table
-from runs import NonFiniteError, fail, read_jsonl
+from runs import NonFiniteError, read_jsonl
 from studies import (check_same_config, check_same_settings, exclusive, fingerprint, joiner_seed,  # noqa: F401
                      load_existing_study, open_storage, run_trial, shown, store_settings, wait_for_settings,
                      work_left)
@@ -58,16 +55,11 @@ SPACE_VERSION = 1  # part of the study name: change it with SPACE, so old trials
 # bounds; "factor": log-uniform from low x to high x the script's value, so each dataset keeps
 # its own scale and a short schedule (--synthetic: nSample=50) stays short. The script's own
 # values are always trial 0 of a new study.
-SPACE = {
-    "pi":                  ("uniform", 0.0, 0.3),   # the authors: 0.02 (APY) .. 0.15 (AWA2)
-    "prototype":           ("log", 0.3, 30.0),      # the authors: 1 .. 10
-    "lr":                  ("factor", 1 / 3, 3.0),  # the authors: 3e-4 everywhere
-    "weight_decay":        ("factor", 0.1, 10.0),   # the authors: 1e-6 .. 1e-4
-    "num_coupling_layers": ("int", 2, 6),           # the authors: 3 or 5
-    "nSample":             ("factor", 0.25, 2.0),   # the authors: 600 .. 50,000 (x2 at most: AWA2's 4 GB buffer)
-    "classifier_lr":       ("factor", 1 / 3, 3.0),  # the authors: 1e-3 .. 1e-2
-    "dropout":             ("uniform", 0.0, 0.5),   # the authors: 0
-}
+# name: (kind, low, high), from the `tune=` of each option in config.py. "uniform" and "log":
+# absolute bounds (log: log-uniform); "int": integer bounds; "factor": log-uniform from low x to
+# high x the script's value, so each dataset keeps its own scale and a short schedule
+# (--synthetic: nSample=50) stays short. The script's own values are always trial 0 of a new study.
+SPACE = config.SPACE
 PRUNER_STARTUP_TRIALS = 5  # the median pruner stops nothing until this many trials have finished
 
 
@@ -157,7 +149,6 @@ def note(run_dir: Path, text: str) -> None:
 
 # ----------------------------------------------------------------------------- worker
 
-NOT_FOR_TUNING = ("validation", "seeds", "resume", "eval_only", "save_synthetic")  # tune.py sets or refuses these
 
 def make_pruner() -> optuna.pruners.BasePruner:
     """Stops a trial whose validation H at an evaluation is below the median of earlier trials' there."""
@@ -198,8 +189,7 @@ def preflight(cfg: Config, study_dir: Path) -> tuple[str, dict | None]:
     if cfg.batchsize >= n:
         raise ConfigError(f"option --batchsize={cfg.batchsize}: must be smaller than the {n} training images "
                           f"of the validation split")
-    total = (n // cfg.batchsize) * cfg.gen_nepoch
-    evaluations = [it for it in range(cfg.eval_start + 1, total + 1) if it % cfg.evl_interval == 0]
+    total, evaluations = cfg.total_iterations(n), cfg.evaluations(n)
     if not evaluations:
         raise ConfigError(f"option --eval_start={cfg.eval_start}: on the validation split a run trains {total} "
                           f"iterations, so no evaluation (multiples of --evl_interval={cfg.evl_interval} above "
@@ -236,7 +226,7 @@ def fmt_params(params: dict) -> str:
 
 
 def work(cfg: Config, opts: dict, storage, name: str, study_dir: Path) -> optuna.Study:
-    """Run trials until the study has opts['trials'] finished or running ones (or --timeout passes)."""
+    """Run trials while the study has work left for `opts['trials']` (or until --timeout passes)."""
     described, files = preflight(cfg, study_dir)
     print(f"data: {described}")
     study, created = open_study(storage, name, cfg, files)
@@ -348,80 +338,100 @@ def final_runs(cfg: Config, best: dict, seeds: str, select: str, study_dir: Path
 # ----------------------------------------------------------------------------- command line
 
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-TUNE_OPTIONS = {"trials": 40, "storage": "", "study": "", "timeout": 0.0, "heartbeat": 60, "report": False,
-                "final_seeds": ""}
 
 
-def parse_command(argv: list[str]) -> tuple[str, dict, list[str]]:
-    """DATASET, tune.py's own options, and the --key=value overrides for the train script's config."""
-    scripts = sorted(p.stem[len("train_"):] for p in ROOT.glob("train_*.py"))
-    if not argv or argv[0].startswith("-"):
-        raise ConfigError(f"usage: python tune.py DATASET [--trials=N] [--storage=URL] [--report] [--key=value ...] "
-                          f"(DATASET: {', '.join(scripts)})")
-    dataset, opts, overrides = argv[0], dict(TUNE_OPTIONS), []
-    if dataset not in scripts:
-        raise ConfigError(f"unknown dataset {dataset!r}: no train_{dataset}.py (known: {', '.join(scripts)})")
-    for arg in argv[1:]:
-        key, has_value, text = arg[2:].partition("=") if arg.startswith("--") else ("", False, "")
-        if key not in TUNE_OPTIONS:
-            overrides.append(arg)  # parse_overrides checks it, as the train scripts do
-            continue
-        kind = type(TUNE_OPTIONS[key])
-        if kind is bool:
-            if has_value and text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ConfigError(f"option --{key}: expected true or false (or 1/0, yes/no), got {text!r}")
-            opts[key] = not has_value or text.lower() in ("true", "1", "yes")
-            continue
-        if not has_value:
-            raise ConfigError(f"option --{key} needs a value: --{key}=VALUE")
-        try:
-            opts[key] = kind(text)
-        except ValueError:
-            raise ConfigError(f"option --{key}: expected {'an integer' if kind is int else 'a number'}, "
-                              f"got {text!r}") from None
-    if opts["trials"] < 1 or opts["heartbeat"] < 1 or opts["timeout"] < 0:
-        bad = "trials" if opts["trials"] < 1 else "heartbeat" if opts["heartbeat"] < 1 else "timeout"
-        raise ConfigError(f"option --{bad}: must be positive, got {opts[bad]}")
-    if opts["final_seeds"]:
-        if not opts["report"]:
+@dataclass
+class TuneOptions:
+    dataset: str = opt("", "AWA2 | APY | CUB | FLO (their train_<DATASET>.py settings), or a folder under "
+                           "--dataroot made by data/make_dataset.py (Config defaults)", positional=True, dataset=True)
+    trials: int = opt(40, "the study ends when this many trials have finished (completed or pruned), over all "
+                          "workers", low=1)
+    storage: str = opt("", "any SQLAlchemy URL (default: sqlite:///<out_dir>/tune/tune.db)")
+    study: str = opt("", "study name (default: <DATASET>[-synthetic]-space<SPACE_VERSION>); letters, digits, "
+                         "'.', '_', '-'")
+    timeout: float = opt(0.0, "this worker starts no trial after this many seconds (0: no limit)", low=0)
+    heartbeat: int = opt(60, "seconds between a trial's heartbeats; a trial silent for twice this is failed and "
+                             "retried (stored with the study: every worker uses the same)", low=1)
+    report: bool = opt(False, "print the best settings, write trials.csv and the plots; no new trial. Reads the "
+                              "study's stored settings: the workers' overrides need not be typed again")
+    final_seeds: str = opt("", "with --report: run the best settings on the test split over these seeds, "
+                               "e.g. 6152,1,2")
+
+
+def command_parser() -> "cli.argparse.ArgumentParser":
+    return cli.parser_for("tune.py", __doc__, (TuneOptions, None), (Config, None),
+                          epilog="Config options (the run's; defaults shown are Config's, a dataset's script sets "
+                                 "its own): any --key=value of train_<DATASET>.py --help.")
+
+
+def script_config(dataset: str) -> Config:
+    """The settings a trial starts from: train_<DATASET>.py's, or Config defaults for your own folder."""
+    if (ROOT / f"train_{dataset}.py").is_file():
+        return importlib.import_module(f"train_{dataset}").config
+    return Config(dataset=dataset)  # like python train.py --dataset=NAME
+
+
+def stored_study_name(storage, dataset: str, name: str) -> str:
+    """--report without --study: the default name, or the one study of this dataset in the storage."""
+    names = optuna.get_all_study_names(storage)
+    if name in names:
+        return name
+    mine = [n for n in names if re.fullmatch(rf"{re.escape(dataset)}(-synthetic)?-space{SPACE_VERSION}", n)]
+    return mine[0] if len(mine) == 1 else name
+
+
+def tune(argv: list[str]):
+    given = cli.parse(command_parser(), argv)
+    own = {f.name for f in dataclasses.fields(TuneOptions)}
+    opts = TuneOptions(**{k: v for k, v in given.items() if k in own})
+    explicit = {k: v for k, v in given.items() if k not in own}
+    if not opts.dataset:
+        raise ConfigError("a dataset is needed: python tune.py DATASET [--key=value ...] (see --help)")
+    for key in NOT_FOR_TUNING:
+        if key in explicit:
+            raise ConfigError(f"option --{key}: not for tune.py (every trial runs with --validation; "
+                              f"the test-split runs are --report --final_seeds=...)")
+    if opts.final_seeds:
+        if not opts.report:
             raise ConfigError("option --final_seeds: runs after --report (add --report)")
-        try:
-            [int(s) for s in opts["final_seeds"].split(",")]
-        except ValueError:
-            raise ConfigError(f"option --final_seeds: expected comma-separated integers, "
-                              f"got {opts['final_seeds']!r}") from None
-    return dataset, opts, overrides
+        config.seed_list(opts.final_seeds, "final_seeds")
+    if opts.study and not STUDY_NAME.fullmatch(opts.study):
+        raise ConfigError(f"option --study: {opts.study!r} is not a study name (letters, digits, '.', '_', "
+                          f"'-', from a letter or digit; it names a folder under out_dir/tune/)")
+    script = script_config(canonical_name(opts.dataset))
+    cfg = config.apply(script, explicit)
+    tune_dir = Path(cfg.out_dir) / "tune"
+    storage_url = opts.storage
+    if not storage_url:
+        tune_dir.mkdir(parents=True, exist_ok=True)
+        storage_url = f"sqlite:///{(tune_dir / 'tune.db').resolve()}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial instead of Optuna's
+    storage = open_storage(storage_url, opts.heartbeat)
+    name = opts.study or f"{cfg.dataset}{'-synthetic' if cfg.synthetic else ''}-space{SPACE_VERSION}"
+    run_opts = {**dataclasses.asdict(opts), "storage": storage_url}
+    if opts.report:
+        name = opts.study or stored_study_name(storage, cfg.dataset, name)
+        cfg = stored_config(storage, name, cfg, explicit)
+        # final runs default to --select=val: the evaluation and classifier epoch are chosen on validation too
+        return report(cfg, script, run_opts, storage, name, tune_dir / name, explicit.get("select", "val"))
+    check_in_space(cfg)
+    return work(cfg, run_opts, storage, name, tune_dir / name)
+
+
+def stored_config(storage, name: str, cfg: Config, explicit: dict) -> Config:
+    """The study's base settings as its workers ran them, with this machine's local options (--report)."""
+    try:
+        stored = optuna.load_study(storage=storage, study_name=name).user_attrs.get("base_config") or {}
+    except KeyError:
+        return cfg  # load_existing_study names the missing study
+    known = {f.name for f in dataclasses.fields(Config)}
+    base = {**dataclasses.asdict(cfg), **{k: v for k, v in stored.items() if k in known}}
+    # what this command gives explicitly wins (load_existing_study then refuses it if the study differs)
+    return config.validate(Config(**{**base, **explicit}))
 
 
 def main(argv: list[str] | None = None):
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        dataset, opts, overrides = parse_command(argv)
-        explicit = parse_args(overrides)
-        for key in NOT_FOR_TUNING:
-            if key in explicit:
-                raise ConfigError(f"option --{key}: not for tune.py (every trial runs with --validation; "
-                                  f"the test-split runs are --report --final_seeds=...)")
-        script = importlib.import_module(f"train_{dataset}").config
-        cfg = parse_overrides(script, overrides)
-        check_in_space(cfg)
-        if opts["study"] and not STUDY_NAME.fullmatch(opts["study"]):
-            raise ConfigError(f"option --study: {opts['study']!r} is not a study name (letters, digits, '.', '_', "
-                              f"'-', from a letter or digit; it names a folder under out_dir/tune/)")
-        name = opts["study"] or f"{dataset}{'-synthetic' if cfg.synthetic else ''}-space{SPACE_VERSION}"
-        tune_dir = Path(cfg.out_dir) / "tune"
-        if not opts["storage"]:
-            tune_dir.mkdir(parents=True, exist_ok=True)
-            opts["storage"] = f"sqlite:///{(tune_dir / 'tune.db').resolve()}"
-        optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial instead of Optuna's
-        storage = open_storage(opts["storage"], opts["heartbeat"])
-        study_dir = tune_dir / name
-        if opts["report"]:
-            # final runs default to --select=val: the evaluation and classifier epoch are chosen on validation too
-            return report(cfg, script, opts, storage, name, study_dir, explicit.get("select", "val"))
-        return work(cfg, opts, storage, name, study_dir)
-    except (ConfigError, util.DataError) as exc:
-        fail(str(exc))
+    return cli.main_guard(tune, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ LIBRARY = {
     "fileio": set(),
     "cli": {"benchmarks"},
     "config": {"cli", "benchmarks"},
-    "synthetic": {"benchmarks"},
+    "synthetic": {"benchmarks", "cli"},
     "provenance": set(),
     "matfiles": {"cli"},
     "util": {"matfiles", "benchmarks"},
