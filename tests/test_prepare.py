@@ -192,7 +192,7 @@ def test_download_verify_place_then_train(server, archives, dataroot, tmp_path, 
     for record in (summary["data_files"], config["data_files"]):
         assert [r["path"] for r in record] == [str(dataroot / "APY" / "res101.mat"),
                                                str(dataroot / "APY" / "att_splits.mat")]
-        assert all(r["sha256_from"] == "SHA256SUMS" and r["sha256"] == provenance.sha256_of(r["path"])
+        assert all(r["SHA256SUMS"] == "matches" and r["sha256"] == provenance.sha256_of(r["path"])
                    and r["size"] == (dataroot / "APY" / r["path"].split("/")[-1]).stat().st_size for r in record)
 
 
@@ -446,21 +446,21 @@ def test_bad_options_are_one_line(capsys):
 
 # ----------------------------------------------------------------------------- provenance
 
-def test_provenance_uses_sha256sums_only_while_sizes_match(tmp_path):
+def test_provenance_hashes_every_file_and_compares_with_sha256sums(tmp_path):
     (tmp_path / "a.mat").write_bytes(b"abc")
     (tmp_path / "b.mat").write_bytes(b"defg")
-    provenance.write_sums(tmp_path, ["a.mat", "b.mat"], ["a comment"])
+    (tmp_path / "d.mat").write_bytes(b"hij")
+    provenance.write_sums(tmp_path, ["a.mat", "b.mat", "d.mat"], ["a comment"])
     assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=tmp_path).returncode == 0
-    text = (tmp_path / "SHA256SUMS").read_text()
-    (tmp_path / "SHA256SUMS").write_text(text.replace(hashlib.sha256(b"abc").hexdigest(), "0" * 64))
+    (tmp_path / "a.mat").write_bytes(b"abX")  # same size, other bytes: was recorded with the old hash
     (tmp_path / "b.mat").write_bytes(b"changed")
     (tmp_path / "c.mat").write_bytes(b"unlisted")
-    records = provenance.describe_files([tmp_path / n for n in ("a.mat", "b.mat", "c.mat")])
-    # a.mat: the listed sha256 is taken as it is (same size): the record says where it came from
-    assert [(r["size"], r["sha256"], r["sha256_from"]) for r in records] == [
-        (3, "0" * 64, "SHA256SUMS"),
-        (7, hashlib.sha256(b"changed").hexdigest(), "computed"),
-        (8, hashlib.sha256(b"unlisted").hexdigest(), "computed")]
+    records = provenance.describe_files([tmp_path / n for n in ("a.mat", "b.mat", "c.mat", "d.mat")])
+    assert [(r["size"], r["sha256"]) for r in records] == [(3, hashlib.sha256(b"abX").hexdigest()),
+                                                          (7, hashlib.sha256(b"changed").hexdigest()),
+                                                          (8, hashlib.sha256(b"unlisted").hexdigest()),
+                                                          (3, hashlib.sha256(b"hij").hexdigest())]
+    assert [r["SHA256SUMS"] for r in records] == ["differs", "differs", "not listed", "matches"]
 
 
 def test_synthetic_runs_record_their_generated_files(tmp_path):
