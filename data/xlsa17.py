@@ -41,9 +41,11 @@ def import_torchvision():
     PyPI's torchvision 0.28.0 can be a CUDA build whose `_C` extension does not load beside
     a CPU torch. Its import then fails in `_meta_registrations.py`, which registers fake
     kernels for `torchvision::nms` and `torchvision::qnms` whether or not the ops exist
-    ("operator torchvision::nms does not exist"). Only for that failure, the two schemas are
-    defined here (without kernels) and the import is retried. Nothing on this path uses
-    torchvision's compiled ops: ResNet-101 and the PIL transforms are pure Python/torch.
+    ("operator torchvision::nms does not exist"). Only for that failure, and only where it is
+    that case (a CPU torch, a CUDA torchvision built for this very torch release), the two
+    schemas are defined here (without kernels) and the import is retried. Nothing on this path
+    uses torchvision's compiled ops: ResNet-101 and the PIL transforms are pure Python/torch.
+    The same message from a torchvision of another release is a real mismatch: a DataError.
     """
     global _TORCHVISION_STUB_OPS
     try:
@@ -52,6 +54,9 @@ def import_torchvision():
     except RuntimeError as exc:
         if "torchvision::nms does not exist" not in str(exc):
             raise
+        mismatch = torchvision_mismatch()
+        if mismatch:
+            raise DataError(f"{mismatch} ({' '.join(str(exc).split())}): {mismatch_fix()}") from None
     for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
         del sys.modules[name]  # the half-imported package, so that the retry starts clean
     lib = torch.library.Library("torchvision", "DEF")
@@ -62,6 +67,54 @@ def import_torchvision():
           "schemas without kernels so that torchvision imports (ResNet-101 does not use them)", file=sys.stderr)
     import torchvision
     return torchvision
+
+
+def installed_torchvision() -> tuple[str, str | None]:
+    """(torchvision's version with its build tag, e.g. '0.28.0+cu130', read without importing it;
+    the torch version its package metadata pins, or None)."""
+    import importlib.metadata
+    import importlib.util
+    import re
+    version, pinned = "unknown", None
+    spec = importlib.util.find_spec("torchvision")
+    if spec and spec.submodule_search_locations:
+        text = ""
+        for folder in spec.submodule_search_locations:
+            candidate = Path(folder) / "version.py"
+            if candidate.is_file():
+                text = candidate.read_text()
+                break
+        found = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.M)
+        version = found[1] if found else version
+    try:
+        for requirement in importlib.metadata.requires("torchvision") or []:
+            found = re.fullmatch(r"torch\s*\(?\s*==\s*([^\s);]+)\s*\)?", requirement.strip())
+            if found:
+                pinned = found[1]
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return version, pinned
+
+
+def torchvision_mismatch() -> str:
+    """'' when a failed torchvision import is the known case (a CPU torch beside the CUDA build of the
+    torchvision made for the same torch release), otherwise what is wrong."""
+    version, pinned = installed_torchvision()
+    torch_release = torch.__version__.split("+")[0]
+    if torch.version.cuda is not None:
+        return f"torchvision {version} does not import beside torch {torch.__version__} (a CUDA build)"
+    if "+cu" not in version and "+" in version:
+        return f"torchvision {version} (not a CUDA build) does not import beside torch {torch.__version__}"
+    if pinned != torch_release:
+        built = f"it was built for torch {pinned}" if pinned else "its package does not say which torch it needs"
+        return f"torchvision {version} does not import beside torch {torch.__version__}; {built}"
+    return ""
+
+
+def mismatch_fix() -> str:
+    major, minor = (int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+    hint = f"torchvision==0.{minor + 15}.*" if major == 2 else "the torchvision release made for it"
+    return f"install the torchvision of this torch's release ({hint}), from the same index as torch"
 
 
 # ----------------------------------------------------------------------------- features

@@ -449,3 +449,42 @@ def test_command_line_error_is_one_line(tmp_path, capsys):
         md.main([f"--images={args['images']}", f"--out={args['out']}"])  # argparse's own errors: one line too
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1 and "error: the following arguments are required" in err
+
+
+def fake_torchvision(root, version, requires_torch):
+    """A torchvision that fails to import as PyPI's CUDA build does beside a CPU torch."""
+    package = root / "torchvision"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text('import torch\n'
+                                         'torch.library.register_fake("torchvision::nms")(lambda *a, **k: None)\n'
+                                         'FAKE = True\n')
+    (package / "version.py").write_text(f"__version__ = '{version}'\n")
+    info = root / f"torchvision-{version.split('+')[0]}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: torchvision\nVersion: {version.split('+')[0]}\n"
+                                   f"Requires-Dist: torch (=={requires_torch})\n")
+    return root
+
+
+@pytest.mark.parametrize("case", ["same release", "version mismatch"])
+def test_torchvision_workaround_only_for_a_cuda_build_beside_a_cpu_torch_of_the_same_release(case, tmp_path):
+    if torch.version.cuda is not None:
+        pytest.skip("the workaround is for a CPU torch")
+    base = torch.__version__.split("+")[0]
+    major, minor = (int(v) for v in base.split(".")[:2])
+    if case == "same release":
+        root = fake_torchvision(tmp_path, f"0.{minor + 15}.0+cu130", base)
+    else:  # the torchvision of the previous torch release
+        root = fake_torchvision(tmp_path, f"0.{minor + 14}.0+cu130", f"{major}.{minor - 1}.0")
+    script = ("import sys; sys.path[:0] = [sys.argv[1], 'data']\n"
+              "import xlsa17\n"
+              "try:\n    print('imported', xlsa17.import_torchvision().FAKE)\n"
+              "except Exception as exc:\n    print(type(exc).__name__, exc)\n")
+    out = subprocess.run([sys.executable, "-c", script, str(root)], cwd=ROOT, capture_output=True, text=True)
+    if case == "same release":
+        assert out.stdout == "imported True\n" and "defined the nms/qnms schemas" in out.stderr, out
+    else:
+        assert out.stdout == (f"DataError torchvision 0.{minor + 14}.0+cu130 does not import beside torch "
+                              f"{torch.__version__}; it was built for torch {major}.{minor - 1}.0 (operator "
+                              f"torchvision::nms does not exist): install the torchvision of this torch's release "
+                              f"(torchvision==0.{minor + 15}.*), from the same index as torch\n"), out
