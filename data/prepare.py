@@ -127,7 +127,7 @@ def download(url: str, cache: Path, retries: int, by_hand: str, pinned: str | No
     not the one recorded at its first download."""
     name = pooch.utils.unique_file_name(url)
     path, record = cache / name, record_of(cache / name)
-    recorded = record.read_text().split()[0] if not pinned and record.is_file() and record.read_text().split() else None
+    recorded = (record.read_text().split() or [None])[0] if not pinned and record.is_file() else None
     expected = pinned or recorded
     which = "the pinned {} (Source.sha256)" if pinned else f"the {{}} recorded in {record} at the first download"
     if path.is_file() and expected:
@@ -344,8 +344,13 @@ def lock_staging(staging: Path) -> int | None:
         return None
     tmp = staging / f"{LOCK_NAME}.{os.getpid()}"
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    os.rename(tmp, staging / LOCK_NAME)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(tmp, staging / LOCK_NAME)
+    except OSError:  # a file system without flock (some NFS): then the folder is cleaned by age only
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        return None
     return fd
 
 

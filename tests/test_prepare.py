@@ -592,10 +592,17 @@ def test_leftover_staging_folders_of_killed_runs_are_removed(archives, dataroot,
     import time
     zip_path = tmp_path / "GSMFlow_data.zip"
     zip_path.write_bytes(archives["authors"])
-    dead = dataroot / ".prepare-dead"  # a SIGKILLed run: its lock file is there, nobody holds it
-    (dead / "AWA2").mkdir(parents=True)
-    (dead / "AWA2" / "res101.mat").write_bytes(b"half")
-    (dead / ".lock").touch()
+    killed = ("import os, signal, sys, tempfile, pathlib\n"  # a run SIGKILLed while unpacking
+              "sys.path[:0] = ['.', 'data']\n"
+              "import prepare\n"
+              "staging = pathlib.Path(tempfile.mkdtemp(prefix='.prepare-', dir=sys.argv[1]))\n"
+              "prepare.lock_staging(staging)\n"
+              "(staging / 'AWA2').mkdir()\n"
+              "(staging / 'AWA2' / 'res101.mat').write_bytes(b'half')\n"
+              "os.kill(os.getpid(), signal.SIGKILL)\n")
+    assert subprocess.run([sys.executable, "-c", killed, str(dataroot)], cwd=ROOT).returncode == -9
+    (dead,) = dataroot.glob(".prepare-*")
+    assert (dead / ".lock").is_file() and (dead / "AWA2" / "res101.mat").is_file()
     old = dataroot / ".prepare-old"  # an older version's folder, no lock, a day old
     (old / "APY").mkdir(parents=True)
     os.utime(old, (time.time() - 86400, time.time() - 86400))
