@@ -23,6 +23,12 @@ Outputs (--out=data/NAME, which must not exist; written to a temp folder beside 
   att_splits.mat   att (d x C, each column L2-normalised), original_att (d x C, raw),
                    allclasses_names (C x 1 cell), 1-based (n x 1) trainval_loc, test_seen_loc,
                    test_unseen_loc, train_loc, val_loc (uint16, or uint32 above 65,535 images)
+                   Both are MAT v5 (scipy.io.loadmat, MATLAB): at most 524,287 images, checked
+                   before extracting. The folder and files get the permissions of your umask.
+                   If writing fails, the extracted features are kept as <out>.features.npz.
+
+Every image is decoded once before the extraction; all that do not decode are named in one
+error line (or skipped and listed with --skip_bad_images).
 
 Class id c is the c-th class name in sorted order; images are stored class by class, each
 class's files in sorted order. All draws use --seed: the unseen classes (with --unseen_share),
