@@ -54,6 +54,11 @@ class Source:
     top: str                  # the folder the datasets sit in inside the archive
     holds: dict               # dataset -> layout of its files in the archive (xlsa17 | epgn)
     what: str
+    # The archive's sha256 (hex), checked on every download and every reuse of the cached copy.
+    # None = not known to this project: the first download that opens as a zip then has its sha256
+    # recorded next to it in the cache (<archive>.sha256, `sha256sum -c` format), and later runs
+    # check the cached or downloaded archive against that record.
+    sha256: str | None = None
 
 
 SOURCES = {
@@ -62,11 +67,16 @@ SOURCES = {
         top="GSMFlow_data/data",  # not documented: data/prepare.py finds datasets at any depth
         holds={name: b.authors_layout for name, b in BENCHMARKS.items()},
         what="the data archive linked from the authors' GSMFlow README, the data of the paper: "
-             "xlsa17 res101.mat/att_splits.mat for AWA2 and APY, E-PGN data.mat/label.mat for CUB and FLO"),
+             "xlsa17 res101.mat/att_splits.mat for AWA2 and APY, E-PGN data.mat/label.mat for CUB and FLO",
+        # Unknown: the archive could not be downloaded where this was written. A maintainer pins it
+        # with the hex digest `sha256sum` prints for a download `python -m data.prepare` accepted
+        # (the same digest is in <cache>/<name>.sha256 and in each SHA256SUMS comment).
+        sha256=None),
     "xlsa17": Source(
-        url="http://datasets.d2.mpi-inf.mpg.de/xian/xlsa17.zip",
+        url="https://datasets.d2.mpi-inf.mpg.de/xian/xlsa17.zip",
         top="xlsa17/data",
         holds={"AWA2": "xlsa17", "APY": "xlsa17", "CUB": "xlsa17"},
         what="Xian et al.'s proposed splits v2.0 (about 880 MB): AWA2, APY, and CUB with its 312-d attributes "
-             "(train with --class_embedding=att); also AWA1 and SUN, not trained here; no FLO"),
+             "(train with --class_embedding=att); also AWA1 and SUN, not trained here; no FLO",
+        sha256=None),  # unknown, as above
 }

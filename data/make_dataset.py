@@ -5,9 +5,11 @@
     python train.py --dataset=BIRDS
 
 Inputs
-  --images=DIR         one sub-folder per class; every image file below it (any depth) that
-                       Pillow knows by its extension belongs to that class. Files directly in DIR
-                       and hidden entries are ignored.
+  --images=DIR         one sub-folder per class; every image file below it (any depth) belongs to
+                       that class: .jpg .jpeg .jpe .jfif .png .bmp .gif .tif .tiff .webp .ppm .pgm
+                       .pbm .pnm (any case). Other files, files directly in DIR and hidden entries
+                       are ignored. 16-bit greyscale is scaled to 8 bits, transparency is shown on
+                       white, the EXIF orientation is applied; 32-bit float images are refused.
   --semantics=FILE     a CSV: class name in the first column, one number per attribute in the
                        others; the first row is a header when one of its attribute cells is not a
                        number. Or a .npy matrix (one row per class) with --class_names=FILE (the
@@ -21,6 +23,12 @@ Outputs (--out=data/NAME, which must not exist; written to a temp folder beside 
   att_splits.mat   att (d x C, each column L2-normalised), original_att (d x C, raw),
                    allclasses_names (C x 1 cell), 1-based (n x 1) trainval_loc, test_seen_loc,
                    test_unseen_loc, train_loc, val_loc (uint16, or uint32 above 65,535 images)
+                   Both are MAT v5 (scipy.io.loadmat, MATLAB): at most 524,287 images, checked
+                   before extracting. The folder and files get the permissions of your umask.
+                   If writing fails, the extracted features are kept as <out>.features.npz.
+
+Every image is decoded once before the extraction; all that do not decode are named in one
+error line (or skipped and listed with --skip_bad_images).
 
 Class id c is the c-th class name in sorted order; images are stored class by class, each
 class's files in sorted order. All draws use --seed: the unseen classes (with --unseen_share),
@@ -58,16 +66,22 @@ for folder in (ROOT, ROOT / "data"):  # run as `python data/make_dataset.py` fro
 
 from runs import fail, resolve_device  # noqa: E402
 from util import DataError  # noqa: E402
-from xlsa17 import (DEFAULT_WEIGHTS, build_extractor, check_output, extract_features,  # noqa: E402
-                    import_torchvision, index_type, make_splits, preprocessing, shorten,
-                    write_atomically, write_xlsa17)
+from xlsa17 import (DEFAULT_WEIGHTS, FEATURE_DIM, build_extractor, check_images, check_output,  # noqa: E402
+                    extract_features, import_torchvision, index_type, make_splits, mat_v5_fits,
+                    mat_v5_most_images, preprocessing, shorten, write_atomically, write_xlsa17)
 
 
 # ----------------------------------------------------------------------------- inputs
 
+# Photo formats only: Pillow's own list (Image.registered_extensions) also names .h5, .fits, .eps,
+# .grib, ... for which it has stub plugins or needs external programs.
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+                    ".ppm", ".pgm", ".pbm", ".pnm"}
+
+
 def image_extensions() -> set[str]:
-    """Every file extension Pillow can open, lower case (".jpg", ".png", ".webp", ...; not write-only ".pdf")."""
-    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    """The allow-list, less what this Pillow cannot open (e.g. .webp without libwebp)."""
+    return {ext for ext in IMAGE_EXTENSIONS if Image.registered_extensions().get(ext) in Image.OPEN}
 
 
 def find_images(images: Path) -> dict[str, list[Path]]:
@@ -103,11 +117,19 @@ def is_number(cell: str) -> bool:
         return False
 
 
+def not_utf8(path: Path, exc: UnicodeDecodeError) -> DataError:
+    return DataError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                     f"save it as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet, or iconv -f latin1 -t utf-8)")
+
+
 def read_csv_semantics(path: Path) -> tuple[list[str], np.ndarray]:
     """Class names and their (C, d) raw semantic rows from a CSV (header row optional)."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    except UnicodeDecodeError as exc:
+        raise not_utf8(path, exc) from None
     if rows and not all(is_number(cell) for cell in rows[0][1][1:]):
         rows = rows[1:]  # a header: names its columns, holds no class
     if not rows:
@@ -153,7 +175,10 @@ def read_name_list(path: Path, option: str) -> list[str]:
     """One name a line; trailing blank lines are fine, a blank line between names is not."""
     if not path.is_file():
         raise DataError(f"{path}: {option} file not found")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+    except UnicodeDecodeError as exc:
+        raise not_utf8(path, exc) from None
     while lines and not lines[-1]:
         lines.pop()
     if "" in lines:
@@ -238,16 +263,58 @@ def read_inputs(images: Path, semantics: Path, class_names: Path | None):
     return classes, class_files, raw
 
 
-def drop_bad_images(files: list[Path], labels: np.ndarray, features: np.ndarray, bad: dict[int, str],
+def bad_images_error(files: list[Path], bad: dict[int, str]) -> DataError:
+    """One line naming every undecodable file."""
+    if len(bad) == 1:
+        (i, reason), = bad.items()
+        return DataError(f"{files[i]}: cannot decode this image ({reason}); fix or remove it, or pass "
+                         f"--skip_bad_images to leave it out")
+    named = "; ".join(f"{files[i]} ({reason})" for i, reason in sorted(bad.items()))
+    return DataError(f"{len(bad)} images cannot be decoded: {named}: fix or remove them, or pass --skip_bad_images "
+                     f"to leave them out")
+
+
+def drop_bad_images(files: list[Path], labels: np.ndarray, features: np.ndarray | None, bad: dict[int, str],
                     classes: list[str]):
     """Leave out (and list) the undecodable files; every class must still have 2 images."""
     for i in sorted(bad):
         print(f"skipped (--skip_bad_images): {files[i]} ({bad[i]})")
     keep = np.setdiff1d(np.arange(len(files)), sorted(bad))
-    files, labels, features = [files[i] for i in keep], labels[keep], features[keep]
+    files, labels = [files[i] for i in keep], labels[keep]
+    features = None if features is None else features[keep]
     check_counts({c: np.flatnonzero(labels == k + 1).tolist() for k, c in enumerate(classes)},
                  why=f" after skipping {len(bad)} undecodable image(s)")
     return files, labels, features
+
+
+def check_size(n_images: int) -> None:
+    """Stop before extracting when res101.mat (MAT v5) cannot hold the features."""
+    if not mat_v5_fits(n_images):
+        size = n_images * FEATURE_DIM * 4
+        human = f"{size / 2 ** 30:.1f} GiB" if size >= 2 ** 30 else f"{size / 1024:.1f} KB"
+        raise DataError(f"{n_images} images: their features ({FEATURE_DIM} x {n_images} float32, {human}) do not fit "
+                        f"in res101.mat: a MAT v5 variable (scipy.io.savemat, the format xlsa17 uses) holds less "
+                        f"than 4 GiB, at most {mat_v5_most_images()} images; split the images into several datasets")
+
+
+def describe(exc: Exception) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split()) or type(exc).__name__
+
+
+def keep_features(out: Path, features: np.ndarray, labels: np.ndarray, image_files: list[str]) -> str:
+    """Save the extracted features beside `out` (.npz: features (N, 2048) float32, labels, image_files);
+    returns what the error line says about them."""
+    kept = out.with_name(f"{out.name}.features.npz")
+    if kept.exists():
+        kept = out.with_name(f"{out.name}.features-{time.strftime('%Y%m%dT%H%M%S')}.npz")
+    try:
+        with open(kept, "xb") as f:  # np.savez streams each array: no copy of the features
+            np.savez(f, features=features, labels=labels, image_files=np.array(image_files))
+    except Exception as exc:
+        kept.unlink(missing_ok=True)
+        return f"keeping the extracted features in {kept} failed too ({describe(exc)})"
+    return (f"the extracted features are kept in {kept} (features: N x 2048 float32, labels, image_files; "
+            f"np.load reads it)")
 
 
 def make_dataset(images, semantics, out, unseen=None, unseen_share: float | None = None, class_names=None,
@@ -279,14 +346,25 @@ def make_dataset(images, semantics, out, unseen=None, unseen_share: float | None
     model = extractor if extractor is not None else build_extractor(weights, tv, seed)  # fails early on bad weights
     files = [f for c in classes for f in class_files[c]]
     labels = np.array([k + 1 for k, c in enumerate(classes) for _ in class_files[c]])
-    features, bad = extract_features(model, files, dev, preprocessing(tv), batch_size, workers,
-                                     skip_bad_images, progress)
+    bad = check_images(files, workers, progress)  # every bad file named now, not one per hour of extraction
+    if bad and not skip_bad_images:
+        raise bad_images_error(files, bad)
     skipped = [str(files[i]) for i in sorted(bad)]
     if bad:
-        files, labels, features = drop_bad_images(files, labels, features, bad, classes)
+        files, labels, _ = drop_bad_images(files, labels, None, bad, classes)
+    check_size(len(files))
+    features, late = extract_features(model, files, dev, preprocessing(tv), batch_size, workers,
+                                      skip_bad_images, progress)
+    if late:  # changed on disk since the check
+        skipped += [str(files[i]) for i in sorted(late)]
+        files, labels, features = drop_bad_images(files, labels, features, late, classes)
     locs = make_splits(labels, seen, val_classes, test_seen_share, rng)
     image_files = [f.relative_to(images).as_posix() for f in files]
-    write_atomically(out, lambda folder: write_xlsa17(folder, features, labels, image_files, raw, classes, locs))
+    try:
+        write_atomically(out, lambda folder: write_xlsa17(folder, features, labels, image_files, raw, classes, locs))
+    except Exception as exc:  # the features took hours: keep them
+        raise DataError(f"{out}: writing the dataset failed ({describe(exc)}); "
+                        f"{keep_features(out, features, labels, image_files)}") from None
     return {"out": str(out), "classes": len(classes), "seen": int(seen.size), "unseen": len(unseen_names),
             "validation_classes": int(val_classes.size), "images": len(files), "skipped": skipped,
             "semantic_dim": int(raw.shape[1]), "splits": {k: int(v.size) for k, v in locs.items()},

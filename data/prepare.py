@@ -12,15 +12,24 @@ then moved into place. On any error the dataroot is left as it was.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import errno
+import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import textwrap
+import time
 import zipfile
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so leftover .prepare-* folders are not cleaned there
+    fcntl = None
 
 ROOT = Path(__file__).resolve().parents[1]
 for folder in (ROOT, ROOT / "data"):  # run as `python data/prepare.py`: the project's modules live one level up
@@ -70,13 +79,36 @@ class ClosingProgress:
             bar.close()
 
 
-def download(url: str, cache: Path, retries: int, by_hand: str) -> Path:
-    """The archive at `url`, through pooch: kept in `cache`, fetched again only when missing."""
+def record_of(archive: Path) -> Path:
+    """Where the sha256 of an unpinned archive is recorded: beside it in the cache."""
+    return archive.with_name(archive.name + ".sha256")
+
+
+def forget(archive: Path) -> None:
+    """Remove a cached archive that is not usable, and its record, so that the next run fetches it afresh."""
+    archive.unlink(missing_ok=True)
+    record_of(archive).unlink(missing_ok=True)
+
+
+def download(url: str, cache: Path, retries: int, by_hand: str, pinned: str | None = None) -> tuple[Path, str]:
+    """(the archive at `url`, its sha256), through pooch: kept in `cache`, fetched again only when
+    missing or when the cached copy's sha256 is not the pinned one (`pinned`) or, without a pin,
+    not the one recorded at its first download."""
     name = pooch.utils.unique_file_name(url)
+    path, record = cache / name, record_of(cache / name)
+    recorded = (record.read_text().split() or [None])[0] if not pinned and record.is_file() else None
+    expected = pinned or recorded
+    which = "the pinned {} (Source.sha256)" if pinned else f"the {{}} recorded in {record} at the first download"
+    if path.is_file() and expected:
+        if provenance.sha256_of(path) == expected:
+            return path, expected
+        print(f"note: the cached {path} differs from its sha256 ({'pinned' if pinned else 'recorded'}); "
+              f"downloading it again")
+        path.unlink()
     fetcher = pooch.create(path=cache, base_url="", registry={name: None}, urls={name: url},
                            retry_if_failed=retries)
     try:
-        return Path(fetcher.fetch(name, downloader=ClosingProgress()))
+        path = Path(fetcher.fetch(name, downloader=ClosingProgress()))
     except requests.exceptions.HTTPError as exc:
         raise PrepareError(f"{url}: the server answered {exc.response.status_code} {exc.response.reason}; "
                            f"{by_hand}") from None
@@ -90,6 +122,13 @@ def download(url: str, cache: Path, retries: int, by_hand: str) -> Path:
     except OSError as exc:  # the cache folder: no space, no permission
         raise PrepareError(f"{cache}: cannot write the download there ({exc.strerror or exc}); "
                            f"free some space or use --cache=DIR") from None
+    digest = provenance.sha256_of(path)
+    if expected and digest != expected:
+        path.unlink()
+        accept = "" if pinned else f"; if the archive was updated upstream, delete {record} to accept the new one"
+        raise PrepareError(f"{url}: the download's sha256 is {digest}, not {which.format(expected)}; removed it "
+                           f"from the cache{accept}; or {by_hand}")
+    return path, digest
 
 
 # ------------------------------------------------------------------------------ placement
@@ -185,13 +224,21 @@ def open_source(args: argparse.Namespace, benchmarks: dict) -> tuple[Archive, Pa
                            f"{', '.join(missing)}; use --source=authors or --from=PATH")
     url = args.url or source.url
     cache = Path(args.cache).expanduser() if args.cache else Path(pooch.os_cache("gsmflow"))
-    downloaded = download(url, cache, args.retries, by_hand(args.datasets))
+    downloaded, digest = download(url, cache, args.retries, by_hand(args.datasets), source.sha256)
     if not zipfile.is_zipfile(downloaded):  # an error page or a broken file: not kept for next time
         head = downloaded.read_bytes()[:40]
-        downloaded.unlink()
+        forget(downloaded)
         raise PrepareError(f"{url}: what came back is not a zip archive (it starts with {head!r}); removed it "
                            f"from the cache: {by_hand(args.datasets)}")
-    return Archive(downloaded, url), downloaded, datasets, source.holds
+    try:
+        archive = Archive(downloaded, url)
+    except PrepareError as exc:  # an end record, but no readable central directory: not kept either
+        forget(downloaded)
+        raise PrepareError(f"{exc}; removed it from the cache: {by_hand(args.datasets)}") from None
+    if not source.sha256 and not record_of(downloaded).is_file():  # trust on first use, checked from now on
+        record_of(downloaded).write_text(f"{digest}  {downloaded.name}\n")
+    archive.sha256 = digest
+    return archive, downloaded, datasets, source.holds
 
 
 def stage(archive: Archive, downloaded: Path | None, dataset: str, files: dict[str, str], folder: Path) -> dict:
@@ -204,7 +251,7 @@ def stage(archive: Archive, downloaded: Path | None, dataset: str, files: dict[s
             archive.copy(member, folder / name)
         except PrepareError as exc:
             if downloaded:  # a corrupt download leaves the cache, so that the next run fetches it again
-                downloaded.unlink(missing_ok=True)
+                forget(downloaded)
                 raise PrepareError(f"{exc}; removed the archive from the cache: run again, or "
                                    f"{by_hand([dataset])}") from None
             raise
@@ -220,11 +267,18 @@ def prepare(args: argparse.Namespace, benchmarks: dict, dataroot: Path) -> list[
     archive, downloaded, datasets, layouts = open_source(args, benchmarks)
     print(f"reading {archive.label}")
     found = {d: archive.find(d, layouts.get(d)) for d in datasets}
+    for _, files in found.values():
+        for member in files.values():
+            archive.check(member)  # encrypted, or a compression method zipfile lacks: before unpacking anything
+    removed = remove_stale_staging(dataroot)
+    if removed:
+        print(f"removed {removed} staging folder(s) left by interrupted runs ({dataroot}/.prepare-*)")
     need = sum(archive.size(m) for _, files in found.values() for m in files.values())
     if need > free_bytes(dataroot):
         raise PrepareError(f"{dataroot}: not enough disk space: the files need {human(need)}, "
                            f"{human(free_bytes(dataroot))} free")
     staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=dataroot))
+    lock = lock_staging(staging)
     try:
         notes = []
         for d in datasets:
@@ -234,7 +288,7 @@ def prepare(args: argparse.Namespace, benchmarks: dict, dataroot: Path) -> list[
             for line in verify(staging / d, d, benchmarks[d], origin):
                 print(line)
             when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-            archive_hash = f" (sha256 {provenance.sha256_of(downloaded)})" if downloaded else ""
+            archive_hash = f" (sha256 {archive.sha256})" if downloaded else ""
             provenance.write_sums(staging / d, list(files), [f"written by data/prepare.py on {when}",
                                                              f"from {archive.label}{archive_hash}"])
             if d == "CUB" and layout_of(files) == "xlsa17" and "sent_splits.mat" not in files:
@@ -242,6 +296,65 @@ def prepare(args: argparse.Namespace, benchmarks: dict, dataroot: Path) -> list[
         return place(staging, datasets, dataroot, args.force) + notes
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if lock is not None:
+            os.close(lock)
+
+
+# A run holds an flock on <staging>/.lock while it works; the kernel drops it when the process dies,
+# even by SIGKILL, so an unlocked .lock marks a folder that no run will finish or remove.
+LOCK_NAME = ".lock"
+STALE_WITHOUT_LOCK_S = 3600  # a .prepare-* of a version without locks: removed once this old
+
+
+def lock_staging(staging: Path) -> int | None:
+    """Hold an exclusive flock on staging/.lock (the fd; None where there is no flock). The file is
+    locked under a temporary name and renamed, so that no other run ever sees it unlocked."""
+    if fcntl is None:
+        return None
+    tmp = staging / f"{LOCK_NAME}.{os.getpid()}"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(tmp, staging / LOCK_NAME)
+    except OSError:  # a file system without flock (some NFS): then the folder is cleaned by age only
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        return None
+    return fd
+
+
+def remove_stale_staging(dataroot: Path) -> int:
+    """Remove the .prepare-* folders of runs that died (SIGKILL, power loss); returns how many."""
+    if fcntl is None:
+        return 0
+    removed = 0
+    for folder in sorted(dataroot.glob(".prepare-*")):
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        lock = folder / LOCK_NAME
+        try:
+            if not lock.exists():
+                if time.time() - folder.stat().st_mtime < STALE_WITHOUT_LOCK_S:
+                    continue  # just created by a run that is about to lock it
+                shutil.rmtree(folder)
+                removed += 1
+                continue
+            fd = os.open(lock, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: another run is at work in it
+            os.close(fd)
+            continue
+        try:
+            shutil.rmtree(folder)
+            removed += 1
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
 
 
 def place(staging: Path, datasets: list[str], dataroot: Path, force: bool) -> list[str]:
@@ -258,26 +371,79 @@ def place(staging: Path, datasets: list[str], dataroot: Path, force: bool) -> li
         else:
             raise PrepareError(f"{dest} already holds other files; not overwriting it: move it away, or run again "
                                f"with --force to keep it as {d}.replaced-<UTC time>/")
-    lines = []
+    # All or nothing: every step is journaled and undone in reverse when a later one fails; Ctrl-C is
+    # held back while the renames run (they are quick) and then undoes them too.
+    lines, undo = [], []
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    for d, action in plan.items():
-        dest = dataroot / d
-        if action == "same":
-            if not (dest / provenance.SUMS_NAME).exists():
-                shutil.copyfile(staging / d / provenance.SUMS_NAME, dest / provenance.SUMS_NAME)
-            lines.append(f"{d}: {dest} already holds these files; left as it is")
-            continue
-        if action == "replace":
-            aside = dest.with_name(f"{d}.replaced-{stamp}")
-            dest.rename(aside)
-            lines.append(f"{d}: moved the old {dest} aside to {aside}")
-        elif dest.exists():
-            dest.rmdir()  # an empty folder
-        (staging / d).rename(dest)
-        sizes = ", ".join(f"{p.name} {human(p.stat().st_size)}" for p in sorted(dest.iterdir())
-                          if p.name != provenance.SUMS_NAME)
-        lines.append(f"{d}: placed {dest} ({sizes})")
+    with held_back_ctrl_c() as interrupted:
+        try:
+            for d, action in plan.items():
+                if interrupted():
+                    raise KeyboardInterrupt
+                dest = dataroot / d
+                if action == "same":
+                    if not (dest / provenance.SUMS_NAME).exists():
+                        shutil.copyfile(staging / d / provenance.SUMS_NAME, dest / provenance.SUMS_NAME)
+                        undo.append(("remove", dest / provenance.SUMS_NAME, None))
+                    lines.append(f"{d}: {dest} already holds these files; left as it is")
+                    continue
+                if action == "replace":
+                    aside = dest.with_name(f"{d}.replaced-{stamp}")
+                    os.rename(dest, aside)
+                    undo.append(("move", aside, dest))
+                    lines.append(f"{d}: moved the old {dest} aside to {aside}")
+                elif dest.exists():
+                    dest.rmdir()  # an empty folder
+                    undo.append(("mkdir", dest, None))
+                os.rename(staging / d, dest)
+                undo.append(("move", dest, staging / d))
+                sizes = ", ".join(f"{p.name} {human(p.stat().st_size)}" for p in sorted(dest.iterdir())
+                                  if p.name != provenance.SUMS_NAME)
+                lines.append(f"{d}: placed {dest} ({sizes})")
+            if interrupted():
+                raise KeyboardInterrupt
+        except BaseException as exc:
+            left = roll_back(undo)
+            if left:
+                reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else \
+                    (f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc))
+                raise PrepareError(f"placing the datasets failed ({reason}) and could not be undone: "
+                                   + "; ".join(left)) from None
+            raise
     return lines
+
+
+def roll_back(undo: list) -> list[str]:
+    """Undo place()'s steps, newest first; returns what could not be undone, as 'what is where'."""
+    left = []
+    for step, path, back in reversed(undo):
+        try:
+            if step == "move":
+                os.rename(path, back)
+            elif step == "mkdir":
+                path.mkdir()
+            else:
+                path.unlink()
+        except OSError as exc:
+            where = {"move": f"{back.name} is at {path}", "mkdir": f"the empty folder {path} is gone",
+                     "remove": f"{path} was added"}[step]
+            left.append(f"{where} ({exc.strerror or exc})")
+    return left
+
+
+@contextlib.contextmanager
+def held_back_ctrl_c():
+    """Inside: Ctrl-C (SIGINT) is noted, not raised; `interrupted()` says whether it came."""
+    came = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
+    except ValueError:  # not the main thread: signals go elsewhere anyway
+        yield lambda: False
+        return
+    try:
+        yield lambda: bool(came)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def main(argv: list[str] | None = None, benchmarks: dict = BENCHMARKS) -> int:

@@ -50,6 +50,34 @@ class Archive:
                 shutil.copyfileobj(src, out, 1 << 20)
         except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
             raise PrepareError(f"{self.label}: {member} is corrupt ({exc})") from None
+        except (NotImplementedError, RuntimeError):  # encrypted, or a compression method zipfile lacks
+            self.check(member)
+            raise
+
+    # compression methods zipfile cannot unpack (APPNOTE.TXT 4.4.5), for the error line
+    METHODS = {6: "Implode", 8: "Deflate", 9: "Deflate64", 12: "bzip2", 14: "LZMA", 93: "Zstandard", 95: "xz",
+               97: "WavPack", 98: "PPMd", 99: "AES encryption"}
+
+    def check(self, member: str) -> None:
+        """Stop with one line on a zip member Python's zipfile cannot unpack: an encrypted one, or one
+        compressed with a method (Deflate64, PPMd, ...) or flag it does not support. A corrupt member is
+        left to copy(), which names it and drops a downloaded archive from the cache."""
+        if self.zip is None:
+            return
+        info = self._members[member]
+        try:
+            with self.zip.open(info):
+                return
+        except NotImplementedError as exc:  # (a RuntimeError: first)
+            method = self.METHODS.get(info.compress_type)
+            what = (f"uses compression method {info.compress_type}" + (f" ({method})" if method else "")
+                    if str(exc) == "That compression method is not supported" else f"cannot be unpacked ({exc})")
+        except RuntimeError as exc:
+            what = "is encrypted" if info.flag_bits & 0x1 else f"cannot be unpacked ({exc})"
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError):
+            return
+        raise PrepareError(f"{self.label}: {member} {what}, which Python's zipfile cannot unpack: unpack the "
+                           f"archive with another tool (e.g. 7z x) and pass the folder with --from=FOLDER")
 
     def folders(self, dataset: str) -> dict[str, dict[str, str]]:
         """{folder: {file name: member}} for every folder named like `dataset` (any depth, any case)

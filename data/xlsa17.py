@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io as sio
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,9 +41,11 @@ def import_torchvision():
     PyPI's torchvision 0.28.0 can be a CUDA build whose `_C` extension does not load beside
     a CPU torch. Its import then fails in `_meta_registrations.py`, which registers fake
     kernels for `torchvision::nms` and `torchvision::qnms` whether or not the ops exist
-    ("operator torchvision::nms does not exist"). Only for that failure, the two schemas are
-    defined here (without kernels) and the import is retried. Nothing on this path uses
-    torchvision's compiled ops: ResNet-101 and the PIL transforms are pure Python/torch.
+    ("operator torchvision::nms does not exist"). Only for that failure, and only where it is
+    that case (a CPU torch, a CUDA torchvision built for this very torch release), the two
+    schemas are defined here (without kernels) and the import is retried. Nothing on this path
+    uses torchvision's compiled ops: ResNet-101 and the PIL transforms are pure Python/torch.
+    The same message from a torchvision of another release is a real mismatch: a DataError.
     """
     global _TORCHVISION_STUB_OPS
     try:
@@ -52,6 +54,9 @@ def import_torchvision():
     except RuntimeError as exc:
         if "torchvision::nms does not exist" not in str(exc):
             raise
+        mismatch = torchvision_mismatch()
+        if mismatch:
+            raise DataError(f"{mismatch} ({' '.join(str(exc).split())}): {mismatch_fix()}") from None
     for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
         del sys.modules[name]  # the half-imported package, so that the retry starts clean
     lib = torch.library.Library("torchvision", "DEF")
@@ -62,6 +67,54 @@ def import_torchvision():
           "schemas without kernels so that torchvision imports (ResNet-101 does not use them)", file=sys.stderr)
     import torchvision
     return torchvision
+
+
+def installed_torchvision() -> tuple[str, str | None]:
+    """(torchvision's version with its build tag, e.g. '0.28.0+cu130', read without importing it;
+    the torch version its package metadata pins, or None)."""
+    import importlib.metadata
+    import importlib.util
+    import re
+    version, pinned = "unknown", None
+    spec = importlib.util.find_spec("torchvision")
+    if spec and spec.submodule_search_locations:
+        text = ""
+        for folder in spec.submodule_search_locations:
+            candidate = Path(folder) / "version.py"
+            if candidate.is_file():
+                text = candidate.read_text()
+                break
+        found = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.M)
+        version = found[1] if found else version
+    try:
+        for requirement in importlib.metadata.requires("torchvision") or []:
+            found = re.fullmatch(r"torch\s*\(?\s*==\s*([^\s);]+)\s*\)?", requirement.strip())
+            if found:
+                pinned = found[1]
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return version, pinned
+
+
+def torchvision_mismatch() -> str:
+    """'' when a failed torchvision import is the known case (a CPU torch beside the CUDA build of the
+    torchvision made for the same torch release), otherwise what is wrong."""
+    version, pinned = installed_torchvision()
+    torch_release = torch.__version__.split("+")[0]
+    if torch.version.cuda is not None:
+        return f"torchvision {version} does not import beside torch {torch.__version__} (a CUDA build)"
+    if "+cu" not in version and "+" in version:
+        return f"torchvision {version} (not a CUDA build) does not import beside torch {torch.__version__}"
+    if pinned != torch_release:
+        built = f"it was built for torch {pinned}" if pinned else "its package does not say which torch it needs"
+        return f"torchvision {version} does not import beside torch {torch.__version__}; {built}"
+    return ""
+
+
+def mismatch_fix() -> str:
+    major, minor = (int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+    hint = f"torchvision==0.{minor + 15}.*" if major == 2 else "the torchvision release made for it"
+    return f"install the torchvision of this torch's release ({hint}), from the same index as torch"
 
 
 # ----------------------------------------------------------------------------- features
@@ -124,6 +177,33 @@ def preprocessing(torchvision=None):
                                transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
+BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white, as a browser or viewer shows them
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """The 8-bit RGB image the network sees: the EXIF orientation applied, 16-bit greyscale scaled
+    to 8 bits (convert("RGB") clips it: every value above 255 becomes white), transparency
+    composited on white (convert("RGB") drops alpha and shows the hidden colours). 32-bit float
+    images, and 32-bit integer ones beyond 16-bit values, have no defined white level: refused."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I;16") or img.mode == "I":  # I: how older Pillows open 16-bit PNGs
+        values = np.asarray(img)
+        if img.mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError(f"mode I (32-bit integer) with values {values.min()}..{values.max()}, beyond 16 bits, "
+                             f"has no defined white level; save it as an 8- or 16-bit image")
+        img = Image.fromarray(np.round(values / 257.0).astype(np.uint8), "L")  # 65535 -> 255, exact on v * 257
+    elif img.mode == "F":
+        raise ValueError("mode F (32-bit floating point) has no defined white level; save it as an 8- or 16-bit "
+                         "image")
+    if img.mode in ("RGBA", "LA", "La", "RGBa", "PA") or "transparency" in img.info:
+        img = Image.alpha_composite(Image.new("RGBA", img.size, BACKGROUND + (255,)), img.convert("RGBA"))
+    return img.convert("RGB")
+
+
+def reason_of(exc: Exception) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split()) or "error"
+
+
 class ImageFiles(torch.utils.data.Dataset):
     """Decoded, preprocessed images; a file that does not decode yields zeros and its reason."""
 
@@ -136,9 +216,35 @@ class ImageFiles(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         try:
             with Image.open(self.files[i]) as img:
-                return self.transform(img.convert("RGB")), ""
+                return self.transform(to_rgb(img)), ""
         except Exception as exc:  # Pillow raises many types for broken files; the caller names the file
-            return torch.zeros(3, IMAGE_SIZE, IMAGE_SIZE), " ".join(f"{type(exc).__name__}: {exc}".split()) or "error"
+            return torch.zeros(3, IMAGE_SIZE, IMAGE_SIZE), reason_of(exc)
+
+
+def decode_problem(path: Path) -> str:
+    """'' when the file decodes to the network's RGB input, otherwise why not."""
+    try:
+        with Image.open(path) as img:
+            to_rgb(img)
+        return ""
+    except Exception as exc:
+        return reason_of(exc)
+
+
+def check_images(files: list[Path], workers: int = 0, progress: bool | None = None) -> dict[int, str]:
+    """{index: reason} of every file that does not decode, all found before the (long) extraction.
+    Decoding is a few per cent of a ResNet-101 forward on the CPU; Pillow's decoders release the
+    GIL, so `workers` threads share it."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max(1, workers)) as pool, \
+            tqdm(total=len(files), unit="img", desc="checking images",
+                 disable=None if progress is None else not progress) as bar:
+        problems = {}
+        for i, reason in enumerate(pool.map(decode_problem, files, chunksize=64)):
+            if reason:
+                problems[i] = reason
+            bar.update(1)
+    return problems
 
 
 def extract_features(model: torch.nn.Module, files: list[Path], device: torch.device, transform,
@@ -212,12 +318,48 @@ def cell(strings: list[str]) -> np.ndarray:
     return out
 
 
+# A MAT v5 variable (what scipy.io.savemat writes, and scipy.io.loadmat and MATLAB read) has a 32-bit
+# byte count: scipy's writer fails on 4 GiB of features (524,288 images of 2048 float32), and only
+# after writing them all. make_dataset checks this before extracting.
+MAT_V5_LIMIT = 2 ** 32
+FEATURES_HEADER = 56  # the features variable's flags, dims and name elements and its data tag
+
+
+def mat_v5_most_images() -> int:
+    """The most images whose features one MAT v5 variable holds (524,287)."""
+    return (MAT_V5_LIMIT - FEATURES_HEADER - 1) // (FEATURE_DIM * 4)
+
+
+def mat_v5_fits(n_images: int) -> bool:
+    return n_images <= mat_v5_most_images()
+
+
+def append_features(f, features: np.ndarray) -> None:
+    """Append `features` (N, 2048) float32, C order, to an open MAT v5 file as the variable
+    `features` (2048 x N single): the bytes scipy.io.savemat writes for features.T, written from
+    the array's own memory (savemat makes a transposed copy and then a bytes copy of it)."""
+    assert features.dtype == np.float32 and features.flags.c_contiguous and features.shape[1] == FEATURE_DIM
+    data = features.size * 4  # a multiple of 8: no padding
+    element = FEATURES_HEADER + data
+    if element >= MAT_V5_LIMIT:
+        raise DataError(f"{features.shape[0]} images: res101.mat cannot hold their features (MAT v5 limit)")
+    u4, i4 = np.dtype("<u4"), np.dtype("<i4")
+    f.write(np.array([14, element], u4).tobytes())               # miMATRIX, its byte count
+    f.write(np.array([6, 8, 7, 0], u4).tobytes())                # miUINT32 flags: mxSINGLE_CLASS, nzmax 0
+    f.write(np.array([5, 8], u4).tobytes() + np.array([FEATURE_DIM, features.shape[0]], i4).tobytes())  # dims
+    f.write(np.array([1, 8], u4).tobytes() + b"features")        # miINT8 name
+    f.write(np.array([7, data], u4).tobytes())                   # miSINGLE data, column-major = features' rows
+    f.write(memoryview(features).cast("B"))
+
+
 def write_xlsa17(folder: Path, features: np.ndarray, labels: np.ndarray, image_files: list[str],
                  raw: np.ndarray, classes: list[str], locs: dict[str, np.ndarray]) -> None:
-    """res101.mat + att_splits.mat into `folder` (exists, empty)."""
-    sio.savemat(folder / "res101.mat", {"features": np.ascontiguousarray(features.T),
-                                        "labels": labels.reshape(-1, 1).astype(np.float64),
-                                        "image_files": cell(image_files)}, do_compression=False)
+    """res101.mat + att_splits.mat into `folder` (exists, empty). `features` (N, 2048) float32 is
+    written without a copy (see append_features)."""
+    with open(folder / "res101.mat", "wb") as f:
+        sio.savemat(f, {"labels": labels.reshape(-1, 1).astype(np.float64), "image_files": cell(image_files)},
+                    do_compression=False)
+        append_features(f, np.ascontiguousarray(features, dtype=np.float32))  # no copy when it is already so
     att = raw.T / np.linalg.norm(raw.T, axis=0, keepdims=True)
     kind = index_type(labels.size)
     sio.savemat(folder / "att_splits.mat", {
@@ -237,8 +379,22 @@ def write_atomically(out: Path, write) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         write(tmp)
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700, as mkdir would have made it
         check_output(out)  # appeared while the features were computed: keep it, drop ours
         os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask (read from /proc where there is one: setting it to read it is not thread-safe)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -200,6 +200,12 @@ BAD_INPUTS = {
                           r"cat/broken.png: cannot decode this image .*--skip_bad_images"),
     "a --weights file that is not ResNet-101's": (lambda a: wrong_weights(a),
                                                    r"resnet101.pth: --weights does not fit ResNet-101"),
+    "non-UTF-8 CSV": (lambda a: a["semantics"].write_bytes("class,a\ncaf\xe9,1\n".encode("latin-1")),
+                      r"classes.csv: not UTF-8 text \(byte 0xe9 at offset 11\); save it as UTF-8"),
+    "non-UTF-8 unseen list": (lambda a: a["unseen"].write_bytes(b"eel\n\xff\n"),
+                              r"unseen.txt: not UTF-8 text \(byte 0xff at offset 4\); save it as UTF-8"),
+    "32-bit float image": (lambda a: Image.fromarray(np.ones((8, 8), np.float32)).save(a["images"] / "cat" / "f.tif"),
+                           r"cat/f.tif: cannot decode this image \(ValueError: mode F \(32-bit floating point\)"),
 }
 
 
@@ -235,17 +241,144 @@ def no_network(files_bad=()):
                                           {i: "OSError: broken" for i, f in enumerate(files) if f.name in files_bad})
 
 
-def test_a_write_that_dies_midway_leaves_nothing(tmp_path, reference, monkeypatch):
+def test_a_write_that_dies_midway_keeps_only_the_features(tmp_path, reference, monkeypatch):
     args = small_input(tmp_path)
     monkeypatch.setattr(md, "extract_features", no_network())
 
     def dies_after_the_first_file(folder, *a):
         (folder / "res101.mat").write_bytes(b"half")
-        raise OSError("No space left on device")
+        raise OSError(28, "No space left on device")
     monkeypatch.setattr(md, "write_xlsa17", dies_after_the_first_file)
-    with pytest.raises(OSError, match="No space left"):
+    kept = tmp_path / "data" / "MINE.features.npz"
+    with pytest.raises(util.DataError, match=rf"MINE: writing the dataset failed \(No space left on device\); the "
+                                             rf"extracted features are kept in {kept} ") as err:
         md.make_dataset(**args, extractor=reference)
-    assert list((tmp_path / "data").iterdir()) == []
+    assert "\n" not in str(err.value)
+    assert list((tmp_path / "data").iterdir()) == [kept]  # no half dataset, no temp folder
+    with np.load(kept) as saved:
+        assert saved["features"].shape == (6, 2048) and saved["features"].dtype == np.float32
+        assert saved["labels"].tolist() == [1, 1, 2, 2, 3, 3]
+        assert saved["image_files"].tolist() == [f"{c}/img{i}.png" for c in ("cat", "dog", "eel") for i in range(2)]
+
+
+def xlsa17_module():
+    return sys.modules[md.write_xlsa17.__module__]
+
+
+def not_called(*args, **kwargs):
+    raise AssertionError("the extraction ran")
+
+
+def test_too_many_images_for_a_mat_file_stop_before_extracting(tmp_path, reference, monkeypatch):
+    """scipy's MAT v5 writer fails at 4 GiB of features (524,288 images), after writing them all."""
+    x = xlsa17_module()
+    assert x.mat_v5_fits(524_287) and not x.mat_v5_fits(524_288)  # 2048 x 4 bytes each, under 2**32 with headers
+    monkeypatch.setattr(x, "MAT_V5_LIMIT", 5 * 2048 * 4 + 100)  # 5 images fit, 6 do not
+    monkeypatch.setattr(md, "extract_features", not_called)
+    with pytest.raises(util.DataError, match=r"6 images: their features \(2048 x 6 float32, 48\.0 KB\) do not fit "
+                                             r"in res101\.mat.*at most 5 images.*split the images") as err:
+        md.make_dataset(**small_input(tmp_path), extractor=reference)
+    assert "\n" not in str(err.value) and list((tmp_path / "data").iterdir()) == []
+
+
+def test_res101_is_written_without_copying_the_features(tmp_path):
+    """Byte for byte what scipy.io.savemat writes (after the dated header), with no copy of the features."""
+    import tracemalloc
+    x = xlsa17_module()
+    n = 1024  # 8 MiB of features
+    features = np.random.default_rng(0).standard_normal((n, 2048), dtype=np.float32)
+    labels = np.arange(n) % 7 + 1
+    files = [f"c{i % 7}/img{i}.png" for i in range(n)]
+    locs = x.make_splits(labels, np.arange(1, 6), np.array([2]), 0.2, np.random.default_rng(0))
+    raw = np.random.default_rng(1).random((7, 3)) + 0.1
+    tracemalloc.start()
+    x.write_xlsa17(tmp_path, features, labels, files, raw, [f"c{i}" for i in range(7)], locs)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < features.nbytes / 4, peak  # was 2 copies: ascontiguousarray(features.T), then tobytes
+    sio.savemat(tmp_path / "scipy.mat", {"labels": labels.reshape(-1, 1).astype(np.float64),
+                                         "image_files": x.cell(files), "features": features.T}, do_compression=False)
+    assert (tmp_path / "res101.mat").read_bytes()[128:] == (tmp_path / "scipy.mat").read_bytes()[128:]
+    np.testing.assert_array_equal(sio.loadmat(str(tmp_path / "res101.mat"))["features"], features.T)
+
+
+def test_outputs_follow_the_umask(tmp_path, reference, monkeypatch):
+    import os
+    import stat
+    monkeypatch.setattr(md, "extract_features", no_network())
+    old = os.umask(0o027)
+    try:
+        md.make_dataset(**small_input(tmp_path), extractor=reference)
+    finally:
+        os.umask(old)
+    out = tmp_path / "data" / "MINE"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o750  # was 0o700, from mkdtemp
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o640}
+
+
+def test_every_bad_image_is_named_at_once_before_extracting(tmp_path, reference, monkeypatch):
+    args = small_input(tmp_path)
+    (args["images"] / "cat" / "broken.png").write_bytes(b"\x89PNG garbage")
+    (args["images"] / "eel" / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    monkeypatch.setattr(md, "extract_features", not_called)
+    with pytest.raises(util.DataError, match=r"2 images cannot be decoded: \S+cat/broken.png \(.*\); \S+eel/cut.jpg "
+                                             r"\(.*\): fix or remove them, or pass --skip_bad_images") as err:
+        md.make_dataset(**args, extractor=reference)
+    assert "\n" not in str(err.value) and list((tmp_path / "data").iterdir()) == []
+
+
+def test_only_image_extensions_are_read(tmp_path):
+    images = write_images(tmp_path / "images", ["cat", "dog"], 2)
+    for name in ("notes.eps", "cube.h5", "sky.fits", "list.txt"):  # Pillow has plugins for the first three
+        (images / "cat" / name).write_bytes(b"not an image")
+    Image.open(images / "dog" / "img0.png").save(images / "dog" / "upper.JPG")
+    found = md.find_images(images)
+    assert [p.name for p in found["cat"]] == ["img0.png", "img1.png"]
+    assert [p.name for p in found["dog"]] == ["img0.png", "img1.png", "upper.JPG"]
+
+
+def decoded(path):
+    """What the network is given for one file: make_dataset's decoding and preprocessing."""
+    x = xlsa17_module()
+    tensor, reason = x.ImageFiles([path], x.preprocessing(md.import_torchvision()))[0]
+    assert reason == "", reason
+    return tensor
+
+
+def test_16_bit_greyscale_is_rescaled_not_clipped(tmp_path):
+    values = np.random.default_rng(0).integers(0, 256, (24, 40)).astype(np.uint8)
+    Image.fromarray(values).save(tmp_path / "eight.png")
+    Image.fromarray(values.astype(np.uint16) * 257).save(tmp_path / "sixteen.png")  # opens as I;16
+    Image.fromarray(values.astype(np.int32) * 257).save(tmp_path / "int32.tif")  # opens as I
+    assert [Image.open(tmp_path / f).mode for f in ("sixteen.png", "int32.tif")] == ["I;16", "I"]
+    expected = decoded(tmp_path / "eight.png")
+    assert torch.equal(decoded(tmp_path / "sixteen.png"), expected)  # convert("RGB") made almost all of it 255
+    assert torch.equal(decoded(tmp_path / "int32.tif"), expected)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 36, 3)).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the camera was turned; show the stored pixels rotated 90 degrees clockwise
+    Image.fromarray(pixels).save(tmp_path / "tagged.png", exif=exif)
+    Image.fromarray(np.rot90(pixels, k=-1).copy()).save(tmp_path / "upright.png")
+    assert torch.equal(decoded(tmp_path / "tagged.png"), decoded(tmp_path / "upright.png"))
+
+
+def test_transparency_is_composited_on_white(tmp_path):
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[:, :8] = (200, 30, 60, 255)  # left half: opaque red
+    rgba[:, 8:] = (0, 0, 0, 0)  # right half: transparent, its hidden colour black
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(rgba[..., [0, 3]].copy(), "LA").save(tmp_path / "la.png")
+    expected = np.full((16, 16, 3), 255, np.uint8)
+    expected[:, :8] = (200, 30, 60)
+    Image.fromarray(expected).save(tmp_path / "on_white.png")
+    assert torch.equal(decoded(tmp_path / "rgba.png"), decoded(tmp_path / "on_white.png"))
+    grey = np.full((16, 16), 255, np.uint8)
+    grey[:, :8] = 200
+    Image.fromarray(grey).save(tmp_path / "grey_on_white.png")
+    assert torch.equal(decoded(tmp_path / "la.png"), decoded(tmp_path / "grey_on_white.png"))
 
 
 def test_skipping_may_not_leave_a_class_with_one_image(tmp_path, reference, monkeypatch):
@@ -316,3 +449,42 @@ def test_command_line_error_is_one_line(tmp_path, capsys):
         md.main([f"--images={args['images']}", f"--out={args['out']}"])  # argparse's own errors: one line too
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1 and "error: the following arguments are required" in err
+
+
+def fake_torchvision(root, version, requires_torch):
+    """A torchvision that fails to import as PyPI's CUDA build does beside a CPU torch."""
+    package = root / "torchvision"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text('import torch\n'
+                                         'torch.library.register_fake("torchvision::nms")(lambda *a, **k: None)\n'
+                                         'FAKE = True\n')
+    (package / "version.py").write_text(f"__version__ = '{version}'\n")
+    info = root / f"torchvision-{version.split('+')[0]}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: torchvision\nVersion: {version.split('+')[0]}\n"
+                                   f"Requires-Dist: torch (=={requires_torch})\n")
+    return root
+
+
+@pytest.mark.parametrize("case", ["same release", "version mismatch"])
+def test_torchvision_workaround_only_for_a_cuda_build_beside_a_cpu_torch_of_the_same_release(case, tmp_path):
+    if torch.version.cuda is not None:
+        pytest.skip("the workaround is for a CPU torch")
+    base = torch.__version__.split("+")[0]
+    major, minor = (int(v) for v in base.split(".")[:2])
+    if case == "same release":
+        root = fake_torchvision(tmp_path, f"0.{minor + 15}.0+cu130", base)
+    else:  # the torchvision of the previous torch release
+        root = fake_torchvision(tmp_path, f"0.{minor + 14}.0+cu130", f"{major}.{minor - 1}.0")
+    script = ("import sys; sys.path[:0] = [sys.argv[1], 'data']\n"
+              "import xlsa17\n"
+              "try:\n    print('imported', xlsa17.import_torchvision().FAKE)\n"
+              "except Exception as exc:\n    print(type(exc).__name__, exc)\n")
+    out = subprocess.run([sys.executable, "-c", script, str(root)], cwd=ROOT, capture_output=True, text=True)
+    if case == "same release":
+        assert out.stdout == "imported True\n" and "defined the nms/qnms schemas" in out.stderr, out
+    else:
+        assert out.stdout == (f"DataError torchvision 0.{minor + 14}.0+cu130 does not import beside torch "
+                              f"{torch.__version__}; it was built for torch {major}.{minor - 1}.0 (operator "
+                              f"torchvision::nms does not exist): install the torchvision of this torch's release "
+                              f"(torchvision==0.{minor + 15}.*), from the same index as torch\n"), out

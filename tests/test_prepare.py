@@ -188,7 +188,7 @@ def test_download_verify_place_then_train(server, archives, dataroot, tmp_path, 
     for record in (summary["data_files"], config["data_files"]):
         assert [r["path"] for r in record] == [str(dataroot / "APY" / "res101.mat"),
                                                str(dataroot / "APY" / "att_splits.mat")]
-        assert all(r["sha256_from"] == "SHA256SUMS" and r["sha256"] == provenance.sha256_of(r["path"])
+        assert all(r["SHA256SUMS"] == "matches" and r["sha256"] == provenance.sha256_of(r["path"])
                    and r["size"] == (dataroot / "APY" / r["path"].split("/")[-1]).stat().st_size for r in record)
 
 
@@ -231,8 +231,8 @@ def test_each_failure_is_one_line_and_leaves_data_unchanged(case, server, archiv
     kept = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
     if case in ("truncated", "dropped", "not a zip", "bad CRC", "not found"):  # a broken download is not kept
         assert kept == []
-    else:  # a good archive stays in the cache, for the next dataset
-        assert len(kept) == 1
+    else:  # a good archive stays in the cache, for the next dataset, with its sha256 recorded beside it
+        assert sorted(p.suffix for p in kept) == [".sha256", ".zip"]
 
 
 def test_no_network_names_the_url_and_from(dataroot, tmp_path, capsys):
@@ -443,21 +443,21 @@ def test_bad_options_are_one_line(capsys):
 
 # ----------------------------------------------------------------------------- provenance
 
-def test_provenance_uses_sha256sums_only_while_sizes_match(tmp_path):
+def test_provenance_hashes_every_file_and_compares_with_sha256sums(tmp_path):
     (tmp_path / "a.mat").write_bytes(b"abc")
     (tmp_path / "b.mat").write_bytes(b"defg")
-    provenance.write_sums(tmp_path, ["a.mat", "b.mat"], ["a comment"])
+    (tmp_path / "d.mat").write_bytes(b"hij")
+    provenance.write_sums(tmp_path, ["a.mat", "b.mat", "d.mat"], ["a comment"])
     assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=tmp_path).returncode == 0
-    text = (tmp_path / "SHA256SUMS").read_text()
-    (tmp_path / "SHA256SUMS").write_text(text.replace(hashlib.sha256(b"abc").hexdigest(), "0" * 64))
+    (tmp_path / "a.mat").write_bytes(b"abX")  # same size, other bytes: was recorded with the old hash
     (tmp_path / "b.mat").write_bytes(b"changed")
     (tmp_path / "c.mat").write_bytes(b"unlisted")
-    records = provenance.describe_files([tmp_path / n for n in ("a.mat", "b.mat", "c.mat")])
-    # a.mat: the listed sha256 is taken as it is (same size): the record says where it came from
-    assert [(r["size"], r["sha256"], r["sha256_from"]) for r in records] == [
-        (3, "0" * 64, "SHA256SUMS"),
-        (7, hashlib.sha256(b"changed").hexdigest(), "computed"),
-        (8, hashlib.sha256(b"unlisted").hexdigest(), "computed")]
+    records = provenance.describe_files([tmp_path / n for n in ("a.mat", "b.mat", "c.mat", "d.mat")])
+    assert [(r["size"], r["sha256"]) for r in records] == [(3, hashlib.sha256(b"abX").hexdigest()),
+                                                          (7, hashlib.sha256(b"changed").hexdigest()),
+                                                          (8, hashlib.sha256(b"unlisted").hexdigest()),
+                                                          (3, hashlib.sha256(b"hij").hexdigest())]
+    assert [r["SHA256SUMS"] for r in records] == ["differs", "differs", "not listed", "matches"]
 
 
 def test_synthetic_runs_record_their_generated_files(tmp_path):
@@ -467,3 +467,191 @@ def test_synthetic_runs_record_their_generated_files(tmp_path):
     assert [str(p) for p in data.files] == [str(folder / "res101.mat"), str(folder / "att_splits.mat")]
     records = provenance.describe_files(data.files)
     assert [r["sha256"] for r in records] == [provenance.sha256_of(p) for p in data.files]
+
+
+# ------------------------------------------------------------- issue 15: archives and placement
+
+def test_sources_use_https_and_have_a_pin_field():
+    for name, source in prepare.SOURCES.items():
+        assert source.url.startswith("https://"), name
+        assert source.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", source.sha256), name
+
+
+def errors(capsys):
+    """The error lines of stderr (pooch logs its downloads there too)."""
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+
+
+def cached_files(cache):
+    return sorted(p.name for p in cache.rglob("*") if p.is_file())
+
+
+def test_a_pinned_sha256_is_checked_on_download_and_on_reuse(server, archives, tmp_path, monkeypatch, capsys):
+    server.routes["/pinned/GSMFlow_data.zip"] = ("ok", archives["authors"])
+    argv = ("AWA2", "--url", server.url("/pinned/GSMFlow_data.zip"), "--cache", tmp_path / "cache", "--retries", 0)
+    wrong = dataclasses.replace(prepare.SOURCES["authors"], sha256="0" * 64)
+    monkeypatch.setitem(prepare.SOURCES, "authors", wrong)
+    assert run_prepare(*argv, "--dataroot", tmp_path / "a") == 1
+    (error,) = errors(capsys)
+    assert re.fullmatch(r"error: \S+GSMFlow_data\.zip: the download's sha256 is [0-9a-f]{64}, not the pinned "
+                        r"0{64} \(Source\.sha256\); removed it.*", error), error
+    assert cached_files(tmp_path / "cache") == [] and not (tmp_path / "a").exists()
+
+    good = hashlib.sha256(archives["authors"]).hexdigest()
+    monkeypatch.setitem(prepare.SOURCES, "authors", dataclasses.replace(wrong, sha256=good))
+    assert run_prepare(*argv, "--dataroot", tmp_path / "b") == 0
+    assert server.hits["/pinned/GSMFlow_data.zip"] == 2
+    (cached,) = (tmp_path / "cache").glob("*GSMFlow_data.zip")
+    tampered = bytearray(cached.read_bytes())
+    tampered[100] ^= 0xFF  # same size, other bytes: reused unchecked before
+    cached.write_bytes(bytes(tampered))
+    assert run_prepare(*argv, "--dataroot", tmp_path / "c") == 0
+    assert "differs from its sha256" in capsys.readouterr().out
+    assert server.hits["/pinned/GSMFlow_data.zip"] == 3 and cached.read_bytes() == archives["authors"]
+
+
+def test_an_unpinned_archive_has_its_sha256_recorded_and_checked_on_reuse(server, archives, tmp_path, capsys):
+    server.routes["/recorded/GSMFlow_data.zip"] = ("ok", archives["authors"])
+    assert prepare.SOURCES["authors"].sha256 is None  # unknown: see the comment in SOURCES
+    argv = ("AWA2", "--url", server.url("/recorded/GSMFlow_data.zip"), "--cache", tmp_path / "cache",
+            "--retries", 0)
+    assert run_prepare(*argv, "--dataroot", tmp_path / "a") == 0
+    (cached,) = (tmp_path / "cache").glob("*GSMFlow_data.zip")
+    record = cached.with_name(cached.name + ".sha256")
+    assert record.read_text().split()[0] == hashlib.sha256(archives["authors"]).hexdigest()
+    assert subprocess.run(["sha256sum", "-c", "--quiet", record.name], cwd=record.parent).returncode == 0
+
+    tampered = bytearray(cached.read_bytes())
+    tampered[100] ^= 0xFF
+    cached.write_bytes(bytes(tampered))
+    assert run_prepare(*argv, "--dataroot", tmp_path / "b") == 0
+    assert "differs from its sha256" in capsys.readouterr().out
+    assert server.hits["/recorded/GSMFlow_data.zip"] == 2 and cached.read_bytes() == archives["authors"]
+
+    cached.unlink()  # the server now has other bytes than the first download: refused, the record names it
+    server.routes["/recorded/GSMFlow_data.zip"] = ("ok", archives["only_awa2"])
+    assert run_prepare(*argv, "--dataroot", tmp_path / "c") == 1
+    (error,) = errors(capsys)
+    assert f"not the {hashlib.sha256(archives['authors']).hexdigest()} recorded in {record}" in error
+    assert cached_files(tmp_path / "cache") == [record.name] and not (tmp_path / "c").exists()
+
+
+def zip_with_broken_central_directory(good: bytes) -> bytes:
+    """Passes zipfile.is_zipfile (the end record is intact), fails zipfile.ZipFile."""
+    broken = bytearray(good)
+    at = broken.find(b"PK\x01\x02")
+    broken[at:at + 4] = b"XX\x01\x02"
+    return bytes(broken)
+
+
+def test_a_cached_zip_that_does_not_open_is_removed(server, archives, tmp_path, capsys):
+    import io
+    broken = zip_with_broken_central_directory(archives["authors"])
+    assert zipfile.is_zipfile(io.BytesIO(broken))
+    server.routes["/cd/GSMFlow_data.zip"] = ("ok", broken)
+    argv = ("AWA2", "--url", server.url("/cd/GSMFlow_data.zip"), "--cache", tmp_path / "cache", "--retries", 0)
+    assert run_prepare(*argv, "--dataroot", tmp_path / "a") == 1
+    (error,) = errors(capsys)
+    assert "not a zip archive" in error and "removed it from the cache" in error
+    assert cached_files(tmp_path / "cache") == []
+    server.routes["/cd/GSMFlow_data.zip"] = ("ok", archives["authors"])  # fixed upstream: the next run works
+    assert run_prepare(*argv, "--dataroot", tmp_path / "a") == 0
+
+
+def patched_first_member(good: bytes, flag: int | None = None, method: int | None = None) -> bytes:
+    """The zip with its first member's flag bits or compression method rewritten (local and central header)."""
+    import io
+    data = bytearray(good)
+    local = zipfile.ZipFile(io.BytesIO(good)).infolist()[0].header_offset
+    central = data.find(b"PK\x01\x02")
+    for at, field in ((local + 6, flag), (central + 8, flag), (local + 8, method), (central + 10, method)):
+        if field is not None:
+            data[at:at + 2] = struct.pack("<H", field)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("case, change, message", [
+    ("encrypted", dict(flag=1), r"GSMFlow_data/data/AWA2/att_splits\.mat is encrypted"),
+    ("deflate64", dict(method=9), r"GSMFlow_data/data/AWA2/att_splits\.mat uses compression method 9 \(Deflate64\)"),
+])
+def test_encrypted_or_unsupported_members_are_one_line(case, change, message, archives, tmp_path, capsys):
+    zip_path = tmp_path / "GSMFlow_data.zip"
+    zip_path.write_bytes(patched_first_member(archives["only_awa2"], **change))
+    assert run_prepare("AWA2", "--from", zip_path, "--dataroot", tmp_path / "data") == 1
+    (error,) = capsys.readouterr().err.splitlines()
+    assert re.search(message, error) and "--from=FOLDER" in error, error
+    assert not (tmp_path / "data").exists()
+
+
+def test_leftover_staging_folders_of_killed_runs_are_removed(archives, dataroot, tmp_path, capsys):
+    import fcntl
+    import os
+    import time
+    zip_path = tmp_path / "GSMFlow_data.zip"
+    zip_path.write_bytes(archives["authors"])
+    killed = ("import os, signal, sys, tempfile, pathlib\n"  # a run SIGKILLed while unpacking
+              "sys.path[:0] = ['.', 'data']\n"
+              "import prepare\n"
+              "staging = pathlib.Path(tempfile.mkdtemp(prefix='.prepare-', dir=sys.argv[1]))\n"
+              "prepare.lock_staging(staging)\n"
+              "(staging / 'AWA2').mkdir()\n"
+              "(staging / 'AWA2' / 'res101.mat').write_bytes(b'half')\n"
+              "os.kill(os.getpid(), signal.SIGKILL)\n")
+    assert subprocess.run([sys.executable, "-c", killed, str(dataroot)], cwd=ROOT).returncode == -9
+    (dead,) = dataroot.glob(".prepare-*")
+    assert (dead / ".lock").is_file() and (dead / "AWA2" / "res101.mat").is_file()
+    old = dataroot / ".prepare-old"  # an older version's folder, no lock, a day old
+    (old / "APY").mkdir(parents=True)
+    os.utime(old, (time.time() - 86400, time.time() - 86400))
+    live = dataroot / ".prepare-live"  # another run, still going
+    live.mkdir()
+    (live / ".lock").touch()
+    with open(live / ".lock") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert run_prepare("AWA2", "--from", zip_path, "--dataroot", dataroot) == 0
+    assert not dead.exists() and not old.exists() and live.is_dir()
+    assert "removed 2 staging folder(s) left by interrupted runs" in capsys.readouterr().out
+    assert sorted(p.name for p in dataroot.iterdir() if p.name.startswith(".prepare-")) == [".prepare-live"]
+
+
+def test_a_failed_rename_rolls_every_dataset_back(archives, dataroot, tmp_path, monkeypatch, capsys):
+    import os
+    zip_path = tmp_path / "GSMFlow_data.zip"
+    zip_path.write_bytes(archives["authors"])
+    before = tree(dataroot)
+    real_rename, refusals = os.rename, []
+
+    def refuses_flo(src, dst, *a, **k):  # AWA2 is placed first, FLO's old folder moved aside, then this
+        if str(dst) == str(dataroot / "FLO") and len(refusals) < times:
+            refusals.append(src)
+            raise OSError(errno.EACCES, "Permission denied", str(dst))
+        return real_rename(src, dst, *a, **k)
+    monkeypatch.setattr(os, "rename", refuses_flo)
+    times = 1
+    assert run_prepare("AWA2", "FLO", "--from", zip_path, "--dataroot", dataroot, "--force") == 1
+    assert capsys.readouterr().err == f"error: {dataroot / 'FLO'}: Permission denied\n"
+    assert tree(dataroot) == before  # AWA2 taken back, FLO's old folder back in place
+    times = 3  # the undo is refused too: the line says where the old FLO is
+    assert run_prepare("AWA2", "FLO", "--from", zip_path, "--dataroot", dataroot, "--force") == 1
+    (aside,) = dataroot.glob("FLO.replaced-*")
+    assert capsys.readouterr().err == (f"error: placing the datasets failed ({dataroot / 'FLO'}: Permission denied) "
+                                       f"and could not be undone: FLO is at {aside} (Permission denied)\n")
+    assert not (dataroot / "AWA2").exists()  # the other steps were undone
+
+
+def test_ctrl_c_between_two_renames_is_rolled_back(archives, dataroot, tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+    zip_path = tmp_path / "GSMFlow_data.zip"
+    zip_path.write_bytes(archives["authors"])
+    before = tree(dataroot)
+    real_rename = os.rename
+
+    def ctrl_c_after_moving_aside(src, dst, *a, **k):
+        real_rename(src, dst, *a, **k)
+        if ".replaced-" in str(dst):  # the old FLO is aside, the new one not yet in place
+            os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(os, "rename", ctrl_c_after_moving_aside)
+    assert run_prepare("AWA2", "FLO", "--from", zip_path, "--dataroot", dataroot, "--force") == 130
+    assert capsys.readouterr().err == f"error: interrupted; {dataroot} is as it was\n"
+    assert tree(dataroot) == before

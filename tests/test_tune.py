@@ -25,6 +25,7 @@ import scipy.io as sio
 import sqlalchemy
 import torch
 
+import config
 import studies
 import synthetic
 import train
@@ -87,7 +88,7 @@ def test_study_on_validation_never_reads_the_test_split_then_reports(tmp_path, m
     assert loads and all(kw["validation"] for kw in loads)
     done = trials(out)
     assert [t.state for t in done] == [optuna.trial.TrialState.COMPLETE] * 3
-    assert done[0].params == tune.script_values(tune.parse_overrides(train_APY.config, TINY))  # the script's own
+    assert done[0].params == tune.script_values(config.parse_overrides(train_APY.config, TINY))  # the script's own
     for t in done:
         run_dir = Path(t.user_attrs["run_dir"])
         assert json.loads((run_dir / "config.json").read_text())["validation"] is True
@@ -97,7 +98,8 @@ def test_study_on_validation_never_reads_the_test_split_then_reports(tmp_path, m
 
     (root / "APY" / "res101.mat").write_bytes(clean)  # the final runs read the test split, as they should
     monkeypatch.setattr(util, "load_dataset", real_load)
-    result = tune.main(args(root, out, "--report", "--final_seeds=1,2"))
+    # the study's stored settings: the workers' overrides (TINY) need not be typed again
+    result = tune.main(["apy", f"--dataroot={root}", f"--out_dir={out}", "--quiet", "--report", "--final_seeds=1,2"])
     printed = capsys.readouterr().out
     block = printed.split("Config(...):\n", 1)[1].split("\n\n", 1)[0].split("written:")[0]
     call = ast.parse("Config(\n" + block + ")").body[0].value
@@ -115,7 +117,8 @@ def test_study_on_validation_never_reads_the_test_split_then_reports(tmp_path, m
     assert final["params"] == pasted and final["seeds"] == [1, 2] and "val" in final["table"]
     assert result["final"]["table"]["val"]["H"] == pytest.approx(final["table"]["val"]["H"])
     for run_dir in final["run_dirs"]:
-        assert json.loads((Path(run_dir) / "config.json").read_text())["validation"] is False
+        ran = json.loads((Path(run_dir) / "config.json").read_text())
+        assert ran["validation"] is False and (ran["gen_nepoch"], ran["hidden_dim"]) == (10, 128)  # as stored
 
 
 def test_pruned_trials_stop_early_keep_their_run_dir_and_count(tmp_path, monkeypatch, capsys):
@@ -136,7 +139,7 @@ def test_pruned_trials_stop_early_keep_their_run_dir_and_count(tmp_path, monkeyp
 @pytest.mark.parametrize("extra,message", [
     (["--seeds=1,2"], "option --seeds: not for tune.py"),
     (["--validation"], "option --validation: not for tune.py"),
-    (["--trials=0"], "option --trials: must be positive"),
+    (["--trials=0"], r"option --trials: must be >= 1, got 0"),
     (["--final_seeds=1,2"], "option --final_seeds: runs after --report"),
     (["--nosuch=1"], "unknown option --nosuch"),
     (["--weight_decay=0"], "option --weight_decay: tune.py searches around the script's value"),
@@ -158,10 +161,11 @@ def test_bad_options_fail_in_one_line(tmp_path, capsys, extra, message):
 
 def test_unknown_dataset_and_a_worker_with_other_settings_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        tune.main(["XYZ"])
-    assert capsys.readouterr().err.startswith("error: unknown dataset 'XYZ': no train_XYZ.py")
+        tune.main(["XYZ", f"--dataroot={tmp_path / 'nothing'}", f"--out_dir={tmp_path / 'out'}"])
+    # no train_XYZ.py: Config defaults on the folder XYZ, as train.py --dataset=XYZ (tune.py on your own data)
+    assert re.match(r"error: .*nothing/XYZ: dataset folder not found", capsys.readouterr().err)
     root, out = make_data(tmp_path / "data"), tmp_path / "out"
-    cfg = tune.parse_overrides(train_APY.config, args(root, out)[1:])
+    cfg = config.parse_overrides(train_APY.config, args(root, out)[1:])
     (out / "tune").mkdir(parents=True)
     storage = tune.open_storage(f"sqlite:///{out / 'tune' / 'tune.db'}", 60)
     tune.open_study(storage, STUDY, cfg)
@@ -325,7 +329,7 @@ def test_a_trial_killed_as_the_studys_last_is_retried_by_the_next_worker(tmp_pat
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         last = study.ask()  # trial 1, the study's last: its worker is SIGKILLed mid-trial
-    tune.suggest(last, tune.parse_overrides(train_APY.config, TINY))
+    tune.suggest(last, config.parse_overrides(train_APY.config, TINY))
     storage.record_heartbeat(last._trial_id)
     age_heartbeats(storage)
     tune.main(args(root, out, "--trials=2"))  # a rerun: it fails trial 1, then must run its retry
@@ -400,7 +404,7 @@ def test_a_worker_joining_before_the_settings_are_stored_waits_for_them(tmp_path
     (out / "tune").mkdir(parents=True)
     url = f"sqlite:///{out / 'tune' / 'tune.db'}"
     optuna.create_study(storage=url, study_name=STUDY, direction="maximize")  # its creator, still setting it up
-    other = tune.parse_overrides(train_APY.config, [*TINY, "--gen_nepoch=11"])
+    other = config.parse_overrides(train_APY.config, [*TINY, "--gen_nepoch=11"])
     creator = threading.Timer(2.0, lambda: optuna.load_study(study_name=STUDY, storage=url).set_user_attr(
         "base_config", tune.fingerprint(other)))
     fast_objective(monkeypatch)
@@ -423,7 +427,7 @@ def test_a_study_whose_creator_died_before_storing_its_settings_is_set_up_by_the
     fast_objective(monkeypatch)
     tune.main(args(root, out, "--trials=1"))
     (first,) = trials(out)
-    assert first.params == tune.script_values(tune.parse_overrides(train_APY.config, TINY))
+    assert first.params == tune.script_values(config.parse_overrides(train_APY.config, TINY))
     assert first.user_attrs["origin"] == "train_APY.py"
     capsys.readouterr()
     with pytest.raises(SystemExit):
@@ -456,7 +460,7 @@ def test_workers_on_other_data_or_another_search_space_are_refused(tmp_path, mon
 
 def test_joining_workers_propose_other_points_even_with_the_same_pid(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "getpid", lambda: 7)  # containers: every worker is pid 7
-    cfg = tune.parse_overrides(train_APY.config, TINY)
+    cfg = config.parse_overrides(train_APY.config, TINY)
     storage = tune.open_storage(f"sqlite:///{tmp_path / 'tune.db'}", 60)
     study, created = tune.open_study(storage, STUDY, cfg)
     with warnings.catch_warnings():
@@ -475,3 +479,8 @@ def test_no_safety_checks_that_python_O_would_remove():
         tree = ast.parse((ROOT / name).read_text(), name)
         lines = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Assert)]
         assert not lines, f"{name}: assert at lines {lines} (gone under python -O): raise an error instead"
+
+
+def test_the_search_space_is_the_registry_s_in_a_fixed_order():
+    assert list(tune.SPACE) == [n for n in tune.SUGGEST_ORDER if n in config.SPACE]
+    assert set(tune.SPACE) == set(config.SPACE), "a tunable option of config.py is missing from SUGGEST_ORDER"
