@@ -59,18 +59,20 @@ KINDS = {
 
 def opt(default, help: str, kind: str = "command", *, low=None, high=None, low_open: bool = False,
         high_open: bool = False, choices: tuple | None = None, path: bool = False, dataset: bool = False,
-        resume: bool | None = None, local: bool | None = None, tune=None, positional: bool = False):
+        resume: bool | None = None, local: bool | None = None, tune=None, positional: bool = False,
+        flag: str | None = None):
     """A dataclass field with its command-line facts.
 
     low/high: bounds (open with low_open/high_open); choices: allowed values; path: `~` expanded;
     dataset: a benchmark name, case-insensitive; resume: may change on --resume (default: kind run);
     local: may differ between a tuning study's workers (default: kinds run and place);
-    tune: tune.py's search range (kind, low, high), or False when tune.py refuses the option.
+    tune: tune.py's search range (kind, low, high), or False when tune.py refuses the option;
+    positional: an argument without --; flag: the option's spelling when it is not --<name> (--from).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown option kind {kind!r}")
     meta = dict(help=help, kind=kind, low=low, high=high, low_open=low_open, high_open=high_open,
-                choices=choices, path=path, dataset=dataset, tune=tune, positional=positional,
+                choices=choices, path=path, dataset=dataset, tune=tune, positional=positional, flag=flag,
                 resume=kind == "run" if resume is None else resume,
                 local=kind in ("run", "place") if local is None else local)
     if isinstance(default, (list, dict)):
@@ -109,6 +111,8 @@ def to_bool(text: str) -> bool:
 def converter(name: str, kind: type, meta: dict):
     """str -> typed value, or argparse.ArgumentTypeError with a one-line reason."""
     def convert(text: str):
+        if text is argparse.SUPPRESS or text == argparse.SUPPRESS:
+            return argparse.SUPPRESS  # an absent optional positional: argparse converts its default too
         if kind is bool:
             return to_bool(text)
         if kind is int:
@@ -215,7 +219,7 @@ def add_options(parser: argparse.ArgumentParser, cls, defaults=None, groups: dic
             continue
         extra.append(f"default: {shown_default(default)}")
         metavar = {bool: "BOOL", int: "INT", float: "NUM"}.get(kind, "PATH" if meta.get("path") else "TEXT")
-        group.add_argument(f"--{f.name}", dest=f.name, action=_StoreOnce, type=converter(f.name, kind, meta),
+        group.add_argument(meta.get("flag") or f"--{f.name}", dest=f.name, action=_StoreOnce, type=converter(f.name, kind, meta),
                            nargs="?" if kind is bool else None, const=True if kind is bool else None,
                            default=argparse.SUPPRESS, metavar=metavar, help=f"{text} ({'; '.join(extra)})")
 
@@ -247,7 +251,7 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> dict:
         raise ConfigError(f"unknown option --{key}{hint}")
     given = vars(namespace)
     given.pop("_given", None)
-    return given
+    return {k: v for k, v in given.items() if v is not argparse.SUPPRESS and v != argparse.SUPPRESS}
 
 
 def main_guard(function, *args, **kwargs):

@@ -284,10 +284,3 @@ def progress_bar(iterable, cfg, **kw):
     """tqdm on stderr, off with --quiet or when stderr is not a terminal."""
     from tqdm import tqdm
     return tqdm(iterable, disable=cfg.quiet or not sys.stderr.isatty(), dynamic_ncols=True, **kw)
-
-
-
-
-def fail(message: str, code: int = 2) -> None:  # TODO(merge): remove once tune.py/make_dataset.py use cli.main_guard
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(code)

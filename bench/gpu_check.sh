@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CUDA paths of the code, checked in one go and summed up in one table:
 #   1. the test suite with the device-aware tests on CUDA (GSMFLOW_TEST_DEVICE=cuda);
-#   2. python bench/bench.py --quick --device=cuda (fp32, tf32, bf16);
+#   2. python -m bench.bench --quick --device=cuda (fp32, tf32, bf16);
 #   3. python train_AWA2.py --synthetic --device=cuda in fp32, --tf32 and --bf16: H, T1, wall time.
 #
 #   bash bench/gpu_check.sh              # logs and the bench JSON under $OUT (default: a temp dir)
@@ -43,7 +43,7 @@ status() { [ "$RC" -eq 0 ] && echo ok || { [ "$RC" -eq 124 ] && echo "TIMED OUT"
 run pytest 170 env GSMFLOW_TEST_DEVICE=cuda "$PY" -m pytest -q -p no:cacheprovider
 ROWS+=("pytest, GSMFLOW_TEST_DEVICE=cuda|$(status): $(grep -E '[0-9]+ (passed|failed)' "$OUT/pytest.log" | tail -1)|${WALL}s")
 
-run bench 130 "$PY" bench/bench.py --quick --device=cuda --out="$OUT/results-cuda-quick.json"
+run bench 130 "$PY" -m bench.bench --quick --device=cuda --out="$OUT/results-cuda-quick.json"
 ROWS+=("bench.py --quick --device=cuda|$(status): $(grep -E '^flow training iteration' "$OUT/bench.log" | tail -3 |
     sed -E 's/^flow training iteration \(([a-z0-9_]+)\) +([0-9.]+ s).*/\1 \2/' | paste -sd, -) per flow iteration|${WALL}s")
 

@@ -1,6 +1,6 @@
 """Your own images + class descriptions -> the xlsa17 layout GSMFlow trains on.
 
-    python data/make_dataset.py --images=~/birds --semantics=~/birds/classes.csv \\
+    python -m data.make_dataset --images=~/birds --semantics=~/birds/classes.csv \\
            --unseen=~/birds/unseen.txt --out=data/BIRDS
     python train.py --dataset=BIRDS
 
@@ -47,28 +47,25 @@ features mean nothing).
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-for folder in (ROOT, ROOT / "data"):  # run as `python data/make_dataset.py` from anywhere, or loaded by file path
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
-
-from runs import fail, resolve_device  # noqa: E402
-from util import DataError  # noqa: E402
-from xlsa17 import (DEFAULT_WEIGHTS, FEATURE_DIM, build_extractor, check_images, check_output,  # noqa: E402
-                    extract_features, import_torchvision, index_type, make_splits, mat_v5_fits,
-                    mat_v5_most_images, preprocessing, shorten, write_atomically, write_xlsa17)
+import cli
+from cli import opt
+from data.xlsa17 import (DEFAULT_WEIGHTS, FEATURE_DIM, build_extractor, check_images, check_output,
+                         extract_features, import_torchvision, index_type, make_splits, mat_v5_fits,
+                         mat_v5_most_images, preprocessing, shorten, write_atomically, write_xlsa17)
+from runs import resolve_device
+from util import DataError, share_count
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -241,7 +238,7 @@ def choose_unseen(classes: list[str], unseen: Path | None, unseen_share: float |
     else:
         if not 0 < unseen_share < 1:
             raise DataError(f"option --unseen_share: must be in (0, 1), got {unseen_share}")
-        k = min(max(round(unseen_share * len(classes)), 1), len(classes) - 2)
+        k = share_count(unseen_share, len(classes), keep=2)
         names = sorted(rng.choice(classes, k, replace=False).tolist()) if k > 0 else []
     if not names or len(classes) - len(names) < 2:
         raise DataError(f"{len(classes)} classes, {len(names)} unseen: GZSL needs at least 1 unseen and "
@@ -338,7 +335,7 @@ def make_dataset(images, semantics, out, unseen=None, unseen_share: float | None
     rng = np.random.default_rng(seed)  # draws in a fixed order: unseen, validation classes, test_seen
     unseen_names = choose_unseen(classes, as_path(unseen), unseen_share, rng)
     seen = np.array([k + 1 for k, c in enumerate(classes) if c not in unseen_names])
-    n_val = min(max(round(val_class_share * seen.size), 1), seen.size - 1)
+    n_val = share_count(val_class_share, seen.size)
     val_classes = np.sort(rng.choice(seen, n_val, replace=False))
 
     tv = import_torchvision()
@@ -374,43 +371,38 @@ def make_dataset(images, semantics, out, unseen=None, unseen_share: float | None
 
 # ----------------------------------------------------------------------------- command line
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad option is one `error: ...` line (exit code 2), as in train.py."""
+@dataclass
+class MakeDatasetOptions:
+    images: str = opt("", "one sub-folder of images per class (required)", path=True)
+    semantics: str = opt("", "CSV: class name, then one number per attribute (header row optional); or a .npy "
+                             "matrix (required)", path=True)
+    class_names: str = opt("", "with a .npy matrix: its row order, one class name a line", path=True)
+    unseen: str = opt("", "the unseen class names, one a line (or --unseen_share)", path=True)
+    unseen_share: float = opt(0.0, "draw this share of the classes as unseen (or --unseen)", low=0, high=1,
+                              high_open=True)
+    out: str = opt("", "the dataset folder to create, e.g. data/NAME (required; must not exist)", path=True)
+    weights: str = opt(DEFAULT_WEIGHTS, "IMAGENET1K_V1 (downloaded on first use), IMAGENET1K_V2, a local "
+                                        "state-dict FILE, or none (random initialisation, for tests only)")
+    skip_bad_images: bool = opt(False, "skip and list undecodable images instead of stopping")
+    seed: int = opt(0, "seed of every draw", low=0)
+    test_seen_share: float = opt(0.2, "share of each seen class's images held out as test_seen (as xlsa17)",
+                                 low=0, high=1, low_open=True, high_open=True)
+    val_class_share: float = opt(0.2, "share of the seen classes that become validation classes", low=0, high=1,
+                                 low_open=True, high_open=True)
+    batch_size: int = opt(32, "images per forward pass", low=1)
+    workers: int = opt(min(8, os.cpu_count() or 1), "image-decoding processes (default: the CPU count, at most 8)",
+                       low=0)
+    device: str = opt("auto", "auto (CUDA when there is one), cpu, cuda or cuda:N")
 
-    def error(self, message):
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(2)
 
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = OneLineParser(prog="python data/make_dataset.py", description=__doc__.split("\n\n")[0],
-                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", required=True, metavar="DIR", help="one sub-folder of images per class")
-    p.add_argument("--semantics", required=True, metavar="CSV|NPY",
-                   help="CSV: class name, then one number per attribute (header row optional); or a .npy matrix")
-    p.add_argument("--class_names", metavar="FILE", help="with a .npy matrix: its row order, one class name a line")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--unseen", metavar="FILE", help="the unseen class names, one a line")
-    which.add_argument("--unseen_share", type=float, metavar="FRACTION", help="draw this share of classes as unseen")
-    p.add_argument("--out", required=True, metavar="DIR", help="the dataset folder to create, e.g. data/NAME")
-    p.add_argument("--weights", default=DEFAULT_WEIGHTS, metavar="NAME|FILE|none",
-                   help="IMAGENET1K_V1 (default, downloaded on first use), IMAGENET1K_V2, a local state-dict "
-                        "FILE, or none (random initialisation, for tests only)")
-    p.add_argument("--skip_bad_images", action="store_true", help="skip and list undecodable images")
-    p.add_argument("--seed", type=int, default=0, help="seed of every draw (default 0)")
-    p.add_argument("--test_seen_share", type=float, default=0.2,
-                   help="share of each seen class's images held out as test_seen (default 0.2, as xlsa17)")
-    p.add_argument("--val_class_share", type=float, default=0.2,
-                   help="share of the seen classes that become validation classes (default 0.2)")
-    p.add_argument("--batch_size", type=int, default=32, help="images per forward pass (default 32)")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                   help="image-decoding processes (default: the CPU count, at most 8)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda or cuda:N")
-    args = p.parse_args(argv)
-    if args.batch_size < 1 or args.workers < 0:
-        p.error("--batch_size must be >= 1 and --workers >= 0")
-    if args.weights.lower() == "none":
-        args.weights = None
+def parse_args(argv: list[str]) -> MakeDatasetOptions:
+    parser = cli.parser_for("python -m data.make_dataset", __doc__, (MakeDatasetOptions, None))
+    args = MakeDatasetOptions(**cli.parse(parser, argv))
+    missing = [f"--{k}" for k in ("images", "semantics", "out") if not getattr(args, k)]
+    if missing:
+        raise cli.ConfigError(f"the following options are required: {', '.join(missing)}")
+    if bool(args.unseen) == bool(args.unseen_share):
+        raise cli.ConfigError("give one of --unseen=FILE and --unseen_share=FRACTION")
     return args
 
 
@@ -420,7 +412,7 @@ def train_hint(summary: dict) -> str:
     out = Path(summary["out"])
     root = "" if out.parent.resolve() == (Path.cwd() / "data").resolve() else f" --dataroot={out.parent}"
     cfg, n_train = Config(), summary["splits"]["trainval_loc"]
-    total = (n_train // cfg.batchsize) * cfg.gen_nepoch
+    total = cfg.total_iterations(n_train)
     hint = f"next: python train.py --dataset={out.name}{root}"
     if n_train <= cfg.batchsize:
         hint += f"  (needs --batchsize below its {n_train} training images; README 'Your own data')"
@@ -438,16 +430,18 @@ def keep_freed_memory() -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    return cli.main_guard(run, sys.argv[1:] if argv is None else argv)
+
+
+def run(argv: list[str]) -> dict:
+    args = parse_args(argv)
     keep_freed_memory()
-    try:
-        summary = make_dataset(args.images, args.semantics, args.out, unseen=args.unseen,
-                               unseen_share=args.unseen_share, class_names=args.class_names, weights=args.weights,
-                               skip_bad_images=args.skip_bad_images, seed=args.seed,
-                               test_seen_share=args.test_seen_share, val_class_share=args.val_class_share,
-                               batch_size=args.batch_size, workers=args.workers, device=args.device)
-    except DataError as exc:
-        fail(str(exc))
+    summary = make_dataset(args.images, args.semantics, args.out, unseen=args.unseen or None,
+                           unseen_share=args.unseen_share or None, class_names=args.class_names or None,
+                           weights=None if args.weights.lower() == "none" else args.weights,
+                           skip_bad_images=args.skip_bad_images, seed=args.seed,
+                           test_seen_share=args.test_seen_share, val_class_share=args.val_class_share,
+                           batch_size=args.batch_size, workers=args.workers, device=args.device)
     s = summary["splits"]
     print(f"written: {summary['out']}/res101.mat + att_splits.mat in {summary['seconds']:.0f}s on {summary['device']}")
     print(f"{summary['classes']} classes ({summary['seen']} seen, {summary['validation_classes']} of them validation; "

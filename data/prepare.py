@@ -1,8 +1,8 @@
 """Fetch, verify and place the benchmark files in one command.
 
-    python data/prepare.py                 # all four datasets, the files the authors ran
-    python data/prepare.py AWA2 APY        # some of them
-    python data/prepare.py CUB --from=~/Downloads/GSMFlow_data.zip   # a zip or folder already here
+    python -m data.prepare                 # all four datasets, the files the authors ran
+    python -m data.prepare AWA2 APY        # some of them
+    python -m data.prepare CUB --from=~/Downloads/GSMFlow_data.zip   # a zip or folder already here
 
 Each dataset's files are found by folder name and file name anywhere in the archive,
 unpacked into a temporary folder under the dataroot, loaded with the project's own loaders,
@@ -11,7 +11,6 @@ then moved into place. On any error the dataroot is left as it was.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime
 import errno
@@ -24,6 +23,7 @@ import tempfile
 import textwrap
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 try:
@@ -31,17 +31,14 @@ try:
 except ImportError:  # Windows: no flock, so leftover .prepare-* folders are not cleaned there
     fcntl = None
 
-ROOT = Path(__file__).resolve().parents[1]
-for folder in (ROOT, ROOT / "data"):  # run as `python data/prepare.py`: the project's modules live one level up
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
+import pooch
+import requests
 
-import pooch  # noqa: E402
-import requests  # noqa: E402
-
-import provenance  # noqa: E402
-from benchmarks import BENCHMARKS, SOURCES  # noqa: E402
-from staging import Archive, PrepareError, layout_of, verify  # noqa: E402
+import cli
+import provenance
+from benchmarks import BENCHMARKS, SOURCES
+from cli import opt
+from data.staging import Archive, PrepareError, layout_of, verify
 
 
 # ------------------------------------------------------------------------------- fetching
@@ -155,56 +152,48 @@ def human(n: float) -> str:
 
 # ---------------------------------------------------------------------------------- main
 
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def source_table() -> str:
     wrap = lambda text: textwrap.fill(text, 88, initial_indent=" " * 11, subsequent_indent=" " * 11)
     return "\n".join(f"  {name:8s} {s.url}\n{wrap(s.what)}" for name, s in SOURCES.items())
 
 
-def parse(argv) -> argparse.Namespace:
-    parser = OneLineParser(
-        prog="python data/prepare.py", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Fetch, verify and place the GZSL benchmark files under data/<DATASET>/, "
-                    "then `python train_<DATASET>.py` runs on them.\n\nsources (--source):\n" + source_table(),
-        epilog="examples:\n  python data/prepare.py\n  python data/prepare.py AWA2 APY\n"
-               "  python data/prepare.py CUB --from=~/Downloads/GSMFlow_data.zip\n"
-               "  python data/prepare.py --source=xlsa17 AWA2 --url=http://mirror.example/xlsa17.zip")
-    parser.add_argument("datasets", nargs="*", metavar="DATASET",
-                        help=f"any of {', '.join(BENCHMARKS)} (default: all the source holds)")
-    parser.add_argument("--source", choices=SOURCES, default="authors", help="which archive (default: authors)")
-    parser.add_argument("--from", dest="from_path", metavar="PATH",
-                        help="a zip or folder you already have (any source); nothing is downloaded")
-    parser.add_argument("--url", help="the source's archive from another address (a mirror, a lab cache)")
-    parser.add_argument("--dataroot", default=str(Path(__file__).resolve().parent), metavar="DIR",
-                        help="where the dataset folders go (default: this data/ folder, which the train scripts read)")
-    parser.add_argument("--cache", metavar="DIR", help="where downloaded archives are kept "
-                                                       "(default: the user cache folder, gsmflow/)")
-    parser.add_argument("--force", action="store_true",
-                        help="a data/<DATASET>/ holding different files is moved aside to "
+@dataclass
+class PrepareOptions:
+    datasets: list[str] = opt([], f"any of {', '.join(BENCHMARKS)} (default: all the source holds)", positional=True,
+                              dataset=True, choices=tuple(BENCHMARKS))
+    source: str = opt("authors", "which archive (see the sources above)", choices=tuple(SOURCES))
+    from_path: str = opt("", "a zip or folder you already have (any source); nothing is downloaded", path=True,
+                         flag="--from")
+    url: str = opt("", "the source's archive from another address (a mirror, a lab cache)")
+    dataroot: str = opt(str(Path(__file__).resolve().parent), "where the dataset folders go (default: this data/ "
+                                                             "folder, which the train scripts read)", path=True)
+    cache: str = opt("", "where downloaded archives are kept (default: the user cache folder, gsmflow/)", path=True)
+    force: bool = opt(False, "a data/<DATASET>/ holding different files is moved aside to "
                              "<DATASET>.replaced-<UTC time>/ instead of stopping")
-    parser.add_argument("--retries", type=int, default=3, metavar="N", help="download retries (default 3)")
-    args = parser.parse_args(argv)
-    args.datasets = [d.upper() for d in args.datasets]
-    for d in args.datasets:
-        if d not in BENCHMARKS:
-            parser.error(f"unknown dataset {d} (known: {', '.join(BENCHMARKS)})")
+    retries: int = opt(3, "download retries", low=0)
+
+
+def parse(argv) -> PrepareOptions:
+    parser = cli.parser_for(
+        "python -m data.prepare",
+        "Fetch, verify and place the GZSL benchmark files under data/<DATASET>/, "
+        "then `python train_<DATASET>.py` runs on them.\n\nsources (--source):\n" + source_table(),
+        (PrepareOptions, None),
+        epilog="examples:\n  python -m data.prepare\n  python -m data.prepare AWA2 APY\n"
+               "  python -m data.prepare CUB --from=~/Downloads/GSMFlow_data.zip\n"
+               "  python -m data.prepare --source=xlsa17 AWA2 --url=https://mirror.example/xlsa17.zip")
+    args = PrepareOptions(**cli.parse(parser, argv))
     if args.from_path and args.url:
-        parser.error("--from and --url cannot be combined: --from reads a file here, --url downloads one")
-    if args.retries < 0:
-        parser.error(f"--retries must be >= 0, got {args.retries}")
+        raise cli.ConfigError("--from and --url cannot be combined: --from reads a file here, --url downloads one")
     return args
 
 
 def by_hand(datasets: list[str]) -> str:
     named = "".join(f"{d} " for d in datasets)
-    return f"download it by hand (e.g. in a browser) and run: python data/prepare.py {named}--from=PATH_TO_THE_ZIP"
+    return f"download it by hand (e.g. in a browser) and run: python -m data.prepare {named}--from=PATH_TO_THE_ZIP"
 
 
-def open_source(args: argparse.Namespace, benchmarks: dict) -> tuple[Archive, Path | None, list[str], dict]:
+def open_source(args: PrepareOptions, benchmarks: dict) -> tuple[Archive, Path | None, list[str], dict]:
     """(archive, its cache path if downloaded, the datasets to prepare, the source's layouts)."""
     if args.from_path:
         path = Path(args.from_path).expanduser()
@@ -262,7 +251,7 @@ def stage(archive: Archive, downloaded: Path | None, dataset: str, files: dict[s
     return origin
 
 
-def prepare(args: argparse.Namespace, benchmarks: dict, dataroot: Path) -> list[str]:
+def prepare(args: PrepareOptions, benchmarks: dict, dataroot: Path) -> list[str]:
     """Find, stage, verify and hash every dataset under `dataroot`/.prepare-*/, then place them all."""
     archive, downloaded, datasets, layouts = open_source(args, benchmarks)
     print(f"reading {archive.label}")
@@ -447,7 +436,8 @@ def held_back_ctrl_c():
 
 
 def main(argv: list[str] | None = None, benchmarks: dict = BENCHMARKS) -> int:
-    args = parse(sys.argv[1:] if argv is None else argv)
+    """The exit code (cli.py's convention): 0 placed, 2 bad option or data, 130 interrupted."""
+    args = cli.main_guard(parse, sys.argv[1:] if argv is None else argv)
     dataroot = Path(args.dataroot).expanduser()
     created = not dataroot.exists()
     try:
@@ -458,10 +448,10 @@ def main(argv: list[str] | None = None, benchmarks: dict = BENCHMARKS) -> int:
             print(line)
     except PrepareError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        code = 1
+        code = PrepareError.exit_code
     except OSError as exc:  # a folder we may not write, a rename refused: still one line
         print(f"error: {exc.filename or dataroot}: {exc.strerror or exc}", file=sys.stderr)
-        code = 1
+        code = PrepareError.exit_code
     except KeyboardInterrupt:
         print(f"error: interrupted; {dataroot} is as it was", file=sys.stderr)
         code = 130

@@ -10,14 +10,15 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from benchmarks import Benchmark
+from cli import CommandError
 
 
 LAYOUT_FILES = {"xlsa17": ("res101.mat", "att_splits.mat", "sent_splits.mat"), "epgn": ("data.mat", "label.mat")}
 KNOWN_FILES = set(LAYOUT_FILES["xlsa17"] + LAYOUT_FILES["epgn"])
 
 
-class PrepareError(Exception):
-    """One line: what failed, naming the file, URL or option; data/ is left as it was."""
+class PrepareError(CommandError):
+    """One line: what failed, naming the file, URL or option; data/ is left as it was (exit code 2)."""
 
 
 # --------------------------------------------------------------------- finding the files

@@ -17,11 +17,7 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # the project's modules live one level up
-    sys.path.insert(0, str(ROOT))
-
-from util import DataError  # noqa: E402
+from util import DataError, share_count
 
 IMAGE_SIZE = 224
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -295,7 +291,7 @@ def make_splits(labels: np.ndarray, seen: np.ndarray, val_classes: np.ndarray, t
     test_seen = []
     for c in seen:
         rows = np.flatnonzero(labels == c)
-        k = min(max(round(test_seen_share * rows.size), 1), rows.size - 1)
+        k = share_count(test_seen_share, rows.size)
         test_seen.append(rng.choice(rows, k, replace=False))
     test_seen = np.sort(np.concatenate(test_seen))
     is_seen = np.isin(labels, seen)

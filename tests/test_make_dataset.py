@@ -19,9 +19,7 @@ import util
 from config import Config
 from conftest import ROOT
 
-spec = importlib.util.spec_from_file_location("make_dataset", ROOT / "data" / "make_dataset.py")
-md = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(md)
+from data import make_dataset as md
 
 CLASSES = ["cat", "dog", "eel", "owl"]  # class ids 1..4 in this (sorted) order
 SEED = 7  # torch seed of the random ResNet-101 in the fixture and in `reference`
@@ -88,7 +86,7 @@ def built(tmp_path_factory):
     (base / "data").mkdir()
     (base / "unseen.txt").write_text("eel\n\n")
     csv_path = write_csv(base / "classes.csv", semantics_rows())
-    proc = subprocess.run([sys.executable, str(ROOT / "data" / "make_dataset.py"), f"--images={images}",
+    proc = subprocess.run([sys.executable, "-m", "data.make_dataset", f"--images={images}",
                            f"--semantics={csv_path}", f"--unseen={base / 'unseen.txt'}",
                            f"--out={base / 'data' / 'MINE'}", "--weights=none", f"--seed={SEED}",
                            "--skip_bad_images", "--batch_size=16", "--workers=1"], capture_output=True, text=True, cwd=ROOT)
@@ -476,8 +474,8 @@ def test_torchvision_workaround_only_for_a_cuda_build_beside_a_cpu_torch_of_the_
         root = fake_torchvision(tmp_path, f"0.{minor + 15}.0+cu130", base)
     else:  # the torchvision of the previous torch release
         root = fake_torchvision(tmp_path, f"0.{minor + 14}.0+cu130", f"{major}.{minor - 1}.0")
-    script = ("import sys; sys.path[:0] = [sys.argv[1], 'data']\n"
-              "import xlsa17\n"
+    script = ("import sys; sys.path[:0] = [sys.argv[1], '.']\n"
+              "from data import xlsa17\n"
               "try:\n    print('imported', xlsa17.import_torchvision().FAKE)\n"
               "except Exception as exc:\n    print(type(exc).__name__, exc)\n")
     out = subprocess.run([sys.executable, "-c", script, str(root)], cwd=ROOT, capture_output=True, text=True)

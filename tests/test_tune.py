@@ -51,7 +51,9 @@ def make_data(root: Path) -> Path:
 
 
 def args(root: Path, out: Path, *more: str) -> list[str]:
-    return ["APY", f"--dataroot={root}", f"--out_dir={out}", *TINY, *more]
+    """The tiny study's command; `more` replaces a TINY option of the same key (a key may not repeat)."""
+    keys = {m.split("=")[0] for m in more}
+    return ["APY", f"--dataroot={root}", f"--out_dir={out}", *(t for t in TINY if t.split("=")[0] not in keys), *more]
 
 
 def trials(out: Path, storage: str | None = None) -> list:
@@ -404,7 +406,7 @@ def test_a_worker_joining_before_the_settings_are_stored_waits_for_them(tmp_path
     (out / "tune").mkdir(parents=True)
     url = f"sqlite:///{out / 'tune' / 'tune.db'}"
     optuna.create_study(storage=url, study_name=STUDY, direction="maximize")  # its creator, still setting it up
-    other = config.parse_overrides(train_APY.config, [*TINY, "--gen_nepoch=11"])
+    other = config.parse_overrides(train_APY.config, args(Path("."), Path("."), "--gen_nepoch=11")[1:])
     creator = threading.Timer(2.0, lambda: optuna.load_study(study_name=STUDY, storage=url).set_user_attr(
         "base_config", tune.fingerprint(other)))
     fast_objective(monkeypatch)
