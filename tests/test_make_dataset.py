@@ -446,7 +446,7 @@ def test_command_line_error_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         md.main([f"--images={args['images']}", f"--out={args['out']}"])  # argparse's own errors: one line too
     err = capsys.readouterr().err
-    assert exit_.value.code == 2 and err.count("\n") == 1 and "error: the following arguments are required" in err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "error: the following options are required" in err
 
 
 def fake_torchvision(root, version, requires_torch):

@@ -222,7 +222,7 @@ def test_each_failure_is_one_line_and_leaves_data_unchanged(case, server, archiv
     code = run_prepare(dataset, "--url", server.url(path), "--cache", tmp_path / "cache", "--dataroot", dataroot,
                        "--retries", 0)
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert code == 2 and len(errors) == 2
+    assert code == 2 and len(errors) == 1
     assert re.search(message, errors[0]), errors[0]
     assert tree(dataroot) == before
     kept = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
@@ -435,7 +435,7 @@ def test_bad_options_are_one_line(capsys):
                                        "--url downloads one\n")
     with pytest.raises(SystemExit):
         prepare.main(["AWA1"])
-    assert capsys.readouterr().err == "error: option datasets: 'AWA1' is not one of AWA2, APY, CUB, FLO\n"
+    assert capsys.readouterr().err == "error: option DATASETS: 'AWA1' is not one of AWA2, APY, CUB, FLO\n"
 
 
 # ----------------------------------------------------------------------------- provenance

@@ -14,13 +14,7 @@ import synthetic
 import train
 import util
 from test_end_to_end import tiny_config
-
-
-@pytest.fixture(scope="module")
-def apy(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    synthetic.generate(root / "APY", "APY", seed=3, per_seen=(20, 5), per_unseen=10, feature_dim=64, noise=3.0)
-    return root
+from test_trust import apy  # noqa: F401 (the module's APY stand-in fixture)
 
 
 def test_a_second_writer_of_one_run_directory_is_refused(tmp_path):

@@ -163,7 +163,7 @@ def test_bad_options_fail_in_one_line(tmp_path, capsys, extra, message):
 
 def test_unknown_dataset_and_a_worker_with_other_settings_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        tune.main(["XYZ", f"--dataroot={tmp_path / 'nothing'}", f"--out_dir={tmp_path / 'out'}"])
+        tune.main(["XYZ", f"--dataroot={tmp_path / 'nothing'}", f"--out_dir={tmp_path / 'other'}"])
     # no train_XYZ.py: Config defaults on the folder XYZ, as train.py --dataset=XYZ (tune.py on your own data)
     assert re.match(r"error: .*nothing/XYZ: dataset folder not found", capsys.readouterr().err)
     root, out = make_data(tmp_path / "data"), tmp_path / "out"
