@@ -63,6 +63,14 @@ SPACE = {
     "classifier_lr":       ("factor", 1 / 3, 3.0),  # the authors: 1e-3 .. 1e-2
     "dropout":             ("uniform", 0.0, 0.5),   # the authors: 0
 }
+MM21_SPACE = SPACE
+# With --variant=tmm (docs/tmm.md) the mining knobs are searched too, around the TMM block's values.
+TMM_SPACE = {
+    "aug_lr":              ("factor", 0.2, 5.0),    # the authors: 20 .. 100
+    "loops_adv":           ("factor", 0.5, 2.0),    # the authors: 20 .. 30
+    "entropy_weight":      ("factor", 0.1, 10.0),   # the authors: 1 .. 20
+    "relation_lr":         ("factor", 1 / 3, 3.0),  # the authors: 1e-4 .. 1e-3
+}
 PRUNER_STARTUP_TRIALS = 5  # the median pruner stops nothing until this many trials have finished
 
 
@@ -232,7 +240,8 @@ def settings_block(study: optuna.Study, cfg: Config, script: Config) -> str:
     under = [f"{k}={v}" for k, v in fingerprint(cfg).items() if k not in SPACE and getattr(script, k) != v]
     if under:
         lines.append(f"# found with these changes to train_{cfg.dataset}.py, which the values go with: {' '.join(under)}")
-    lines.append(f"# settings selected on validation; paste into train_{cfg.dataset}.py's Config(...):")
+    target = "TMM = dict(...)" if cfg.variant == "tmm" else "Config(...)"
+    lines.append(f"# settings selected on validation; paste into train_{cfg.dataset}.py's {target}:")
     for name, value in best.params.items():
         lines.append(f"    {name}={rounded(value)!r},".ljust(32) + f"# was {getattr(cfg, name)!r}")
     return "\n".join(lines)
@@ -356,11 +365,15 @@ def main(argv: list[str] | None = None):
             if key in explicit:
                 raise ConfigError(f"option --{key}: not for tune.py (every trial runs with --validation; "
                                   f"the test-split runs are --report --final_seeds=...)")
-        script = importlib.import_module(f"train_{dataset}").config
+        module = importlib.import_module(f"train_{dataset}")
+        script = train.variant_defaults(module.config, overrides, getattr(module, "TMM", None))
         cfg = parse_overrides(script, overrides)
+        global SPACE
+        SPACE = {**MM21_SPACE, **TMM_SPACE} if cfg.variant == "tmm" else MM21_SPACE
         for name in SPACE:
             bounds(name, cfg)
-        name = opts["study"] or f"{dataset}{'-synthetic' if cfg.synthetic else ''}-space{SPACE_VERSION}"
+        variant = "-tmm" if cfg.variant == "tmm" else ""
+        name = opts["study"] or f"{dataset}{'-synthetic' if cfg.synthetic else ''}{variant}-space{SPACE_VERSION}"
         tune_dir = Path(cfg.out_dir) / "tune"
         if not opts["storage"]:
             tune_dir.mkdir(parents=True, exist_ok=True)

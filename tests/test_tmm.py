@@ -3,6 +3,7 @@ re-statement of the authors' TMM training start (their order of random draws) ch
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,6 +134,23 @@ def test_variant_flag_selects_the_scripts_tmm_block():
     syn = train.parse_overrides(train.variant_defaults(train_FLO.config, argv, train_FLO.TMM), argv)
     assert (syn.gen_nepoch, syn.relation_nepoch, syn.loops_adv, syn.relation_batchsize) == (40, 1, 7, 64)
     assert train.variant_defaults(train_AWA2.config, ["--synthetic"], train_AWA2.TMM) is train_AWA2.config
+
+
+def test_tune_searches_the_tmm_knobs_with_the_tmm_variant(apy, tmp_path, monkeypatch):
+    import optuna
+    import tune
+    monkeypatch.setattr(tune, "SPACE", tune.MM21_SPACE)
+    tiny = ["--device=cpu", "--gen_nepoch=6", "--batchsize=64", "--hidden_dim=64", "--input_dim=32", "--nSample=20",
+            "--eval_start=11", "--evl_interval=12", "--classifier_epochs=3", "--classifier_batch=128", "--quiet",
+            "--variant=tmm", "--relation_batchsize=64", "--relation_nepoch=1", "--loops_adv=2"]
+    tune.main(["APY", f"--dataroot={apy}", f"--out_dir={tmp_path}", "--trials=2", *tiny])  # (1: only the enqueued one, never run)
+    study = optuna.load_study(study_name=f"APY-tmm-space{tune.SPACE_VERSION}",
+                              storage=f"sqlite:///{tmp_path / 'tune' / 'tune.db'}")
+    trial, sampled = study.get_trials()
+    assert trial.state == sampled.state == optuna.trial.TrialState.COMPLETE
+    assert set(sampled.params) == set(trial.params) == set(tune.TMM_SPACE) | set(tune.MM21_SPACE)
+    assert trial.params["aug_lr"] == 30.0 and trial.params["loops_adv"] == 2  # trial 0: the TMM block + command line
+    assert json.loads((Path(trial.user_attrs["run_dir"]) / "config.json").read_text())["variant"] == "tmm"
 
 
 # ----------------------------------------------------------------------------- literal reference
@@ -291,6 +309,13 @@ def literal_tmm(cfg, d):
                     best = (h["unseen"], h["seen"], H)
             rows.append({"iteration": it, "U": 100 * best[0], "S": 100 * best[1], "H": 100 * best[2],
                          "U_last": 100 * hist[-1]["unseen"], "S_last": 100 * hist[-1]["seen"]})
+            if cfg.eval_zsl:  # their --zsl line: CLASSIFIER(gen_feat, gen_label, ..., ntrain + ntest classes, ...)
+                with torch.random.fork_rng():  # (their ZSL is another process; here it must not shift the draws)
+                    zsl = literal_classifier(gen, gen_label, d.n_seen + d.n_unseen,
+                                             {"unseen": (torch.from_numpy(d.test_unseen_feature),
+                                                         torch.from_numpy(d.test_unseen_label))},
+                                             cfg.classifier_lr, cfg.classifier_epochs, cfg.classifier_batch)
+                rows[-1]["T1"] = 100 * max(h["unseen"] for h in zsl)
     return rows, mined, train_label[n:].clone()
 
 
@@ -300,7 +325,7 @@ def test_tmm_run_equals_literal_reference(tmp_path):
     # weight decay in the mining SGD, an entropy weight and an MSE weight other than 1, lr_step != 15
     cfg = tiny_config(tmp_path, tmp_path / "out", device="cpu", anchors="all", gen_nepoch=40, batchsize=50,
                       eval_start=20, evl_interval=40, nSample=15, classifier_epochs=4, classifier_batch=100,
-                      hidden_dim=64, input_dim=32, lr_gamma=0.5, pi=0.1, eval_zsl=False, variant="tmm",
+                      hidden_dim=64, input_dim=32, lr_gamma=0.5, pi=0.1, variant="tmm",
                       relation_batchsize=40, relation_nepoch=3, relation_lr=2e-3, relation_wd=1e-4, aug_lr=3.0,
                       aug_mt=0.5, aug_wd=0.01, loops_adv=4, entropy_weight=2.0, mse=1.5, lr_step=3)
     train.run(cfg)
