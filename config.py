@@ -76,8 +76,8 @@ class Config:
 
     # --- TMM variant (docs/tmm.md) ---
     variant: str = "mm21"             # mm21 | tmm (GSMFlow-TMM: boundary-sample mining before flow training)
-    relation_nepoch: int = 50         # relation-network epochs of floor(N_train / batchsize) iterations (+1 iteration)
-    relation_batchsize: int = 200     # relation-network batch; quirk: under tmm also the flow's batch (batchsize only counts)
+    relation_nepoch: int = 50         # relation-network epochs of floor(N_train / batchsize) iterations, +1 iteration
+    relation_batchsize: int = 200     # relation-network batch; quirk: under tmm the flow's batch too
     relation_lr: float = 1e-3         # relation-network Adam learning rate
     relation_wd: float = 3e-6         # relation-network Adam weight decay
     aug_lr: float = 30.0              # mining: SGD learning rate on the features

@@ -98,7 +98,7 @@ class Trainer:
         mined by the run being continued, used instead of mining again."""
         cfg = self.cfg
         if mined is None:
-            iterations = (len(self.train_y) // cfg.batchsize) * cfg.relation_nepoch + 1  # the authors' count, +1
+            iterations = (len(self.train_y) // cfg.batchsize) * cfg.relation_nepoch + 1  # the authors' count
             self.mining_stats = mining.train_relation_net(relation, self.sampler, self.train_x, self.train_y,
                                                           self.seen_sem, iterations, cfg.relation_lr, cfg.relation_wd)
             relation.eval()

@@ -6,10 +6,10 @@
 
 AWA2 shapes: 23,527 x 2048 training features, 40 seen classes, 85-d attributes, batches of 256
 (relation_batchsize), a 2048-wide relation network. Mining runs one batch at a time; one SGD step
-is a forward + backward pass of the relation network over the batch's B x C pairs. The bench mines
+is a forward + backward pass of the relation network over the batch's B x C pairs: two
+(B*C) x (D + d_a) x H products, against which the step is compared (`torch.mm` of that shape). The bench mines
 `--batches` batches with `--loops` steps each, times the relation training for `--relation_iters`
-iterations, and projects the times of the authors' AWA2 settings: a pass of at most 92 batches
-(ceil(23527 / 256)) x 30 steps, after 91 x 50 + 1 = 4,551 relation iterations. Memory: peak
+iterations, and projects the times of the authors' AWA2 settings: a pass of 91 batches x 30 steps, after 91 x 50 + 1 = 4,551 relation iterations. Memory: peak
 resident memory (CPU) or peak allocated memory (CUDA) of the mining against the chunk bound
 W = B*C*(D + d_a + H) * 4 bytes (one pair matrix and one hidden layer of one batch).
 The relation network is freshly initialised (the cost does not depend on its weights).
@@ -37,7 +37,7 @@ import util  # noqa: E402
 from models import RelationNet  # noqa: E402
 
 N, D, C, DA, B, H = 23527, 2048, 40, 85, 256, 2048
-FULL_BATCHES, FULL_LOOPS, FULL_RELATION_ITERS = 92, 30, 91 * 50 + 1
+FULL_BATCHES, FULL_LOOPS, FULL_RELATION_ITERS = 91, 30, 91 * 50 + 1  # docs/tmm.md: AWA2 mines 91 batches
 
 
 def peak_bytes(device) -> int:
@@ -99,6 +99,20 @@ def main():
     mining.train_relation_net(net, sampler, features, labels, semantics, args.relation_iters, 3e-4, 3e-6)
     sync(device)
     per_relation_iter = (time.perf_counter() - t0) / args.relation_iters
+
+    # (after the mining, whose peak memory is measured) the bound of one SGD step:
+    # its two big products, (B*C) x (D + d_a) x H, as plain torch.mm
+    a = torch.rand(B * C, D + DA, device=device)
+    w = torch.rand(D + DA, H, device=device)
+    torch.mm(a, w)
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(2):
+        torch.mm(a, w)
+    sync(device)
+    mm_seconds = (time.perf_counter() - t0) / 2
+    del a, w
+
     per_step = seconds / (args.batches * args.loops)
     bound = B * C * (D + DA + H) * 4
     result = {
@@ -107,7 +121,9 @@ def main():
         "command": "python bench/bench_mining.py " + " ".join(sys.argv[1:]),
         "shapes": {"N": N, "D": D, "classes": C, "d_a": DA, "batch": B, "hidden": H},
         "measured": {"batches": args.batches, "loops": args.loops, "mining_seconds": round(seconds, 2),
-                     "seconds_per_sgd_step": round(per_step, 3), "relation_iters": args.relation_iters,
+                     "seconds_per_sgd_step": round(per_step, 3), "two_mm_seconds": round(2 * mm_seconds, 3),
+                     "gflops_per_s_of_mm": round(2 * B * C * (D + DA) * H / mm_seconds / 1e9, 1),
+                     "relation_iters": args.relation_iters,
                      "seconds_per_relation_iter": round(per_relation_iter, 3),
                      "mining_peak_bytes_over_start": peak - base if device.type == "cpu" else peak,
                      "chunk_bound_W_bytes": bound},
@@ -119,7 +135,10 @@ def main():
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"mining: {args.batches} batches x {args.loops} steps in {seconds:.1f}s = {per_step:.3f}s per SGD step "
           f"(B={B}, C={C}: {B * C} pairs of {D + DA})")
-    print(f"relation training: {per_relation_iter:.3f}s per iteration")
+    print(f"  bound: its two (B*C) x (D+d_a) x H products as torch.mm: {2 * mm_seconds:.3f}s "
+          f"({m['gflops_per_s_of_mm']:.0f} GFLOP/s); step / bound = {per_step / (2 * mm_seconds):.2f}")
+    print(f"relation training: {per_relation_iter:.3f}s per iteration (bound: its forward and weight-gradient "
+          f"products, {2 * mm_seconds:.3f}s; ratio {per_relation_iter / (2 * mm_seconds):.2f})")
     print(f"peak memory of mining: {m['mining_peak_bytes_over_start'] / 2**20:.0f} MiB "
           f"{'over the resident set before it' if device.type == 'cpu' else 'allocated (features included)'}; "
           f"chunk bound W = {bound / 2**20:.0f} MiB")
