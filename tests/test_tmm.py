@@ -153,6 +153,14 @@ def test_tune_searches_the_tmm_knobs_with_the_tmm_variant(apy, tmp_path, monkeyp
     assert json.loads((Path(trial.user_attrs["run_dir"]) / "config.json").read_text())["variant"] == "tmm"
 
 
+def test_bad_tmm_options_fail_in_one_line():
+    import config
+    for argv, message in ((["--variant=tmm2"], "option --variant"), (["--loops_adv=0"], "option --loops_adv"),
+                          (["--aug_lr=-1"], "option --aug_lr"), (["--relation_batchsize=0"], "option --relation_batchsize")):
+        with pytest.raises(config.ConfigError, match=message):
+            config.parse_overrides(Config(), argv)
+
+
 # ----------------------------------------------------------------------------- literal reference
 
 class LiteralRelationNetV2(nn.Module):
