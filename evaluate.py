@@ -211,8 +211,11 @@ class Evaluator:
             # The reference runs no ZSL classifier here: fork the RNG so the GZSL numbers
             # and the rest of training draw exactly what they would without it.
             devices = [self.features.device] if self.features.device.type == "cuda" else []
+            # TMM variant (docs/tmm.md): the authors' TMM code gives its ZSL classifier all S + U
+            # outputs (trained on unseen labels 0..U-1 only); MM'21: the U unseen classes.
+            n_zsl = data.n_seen + data.n_unseen if cfg.variant == "tmm" else data.n_unseen
             with torch.random.fork_rng(devices=devices):
-                zsl = train_softmax(synthetic, self.labels[self.n_train:] - data.n_seen, data.n_unseen,
+                zsl = train_softmax(synthetic, self.labels[self.n_train:] - data.n_seen, n_zsl,
                                          {"unseen": self.test_unseen},
                                          cfg.classifier_lr, cfg.classifier_epochs, cfg.classifier_batch,
                                          bf16=cfg.bf16, on_epoch=bar.update)

@@ -22,23 +22,29 @@ import torch
 import cli
 import config
 import fast
+import mining
 import report
 import runs
 import util
-from config import (ARCHITECTURE, BENCHMARKS, RUN_CONTROL, Config, ConfigError, parse_args, parse_overrides,
-                    seed_list, validate)
+from config import (ARCHITECTURE, BENCHMARKS, RUN_CONTROL, SYNTHETIC_TMM_SCHEDULE, Config, ConfigError, parse_args,
+                    parse_overrides, seed_list, validate)
 from fileio import atomic_text
 from evaluate import Evaluator, save_synthetic
-from models import ConditionalFlow, RelativePositioning
+from models import ConditionalFlow, RelationNet, RelativePositioning
 
 
-def build_models(cfg: Config, data: util.GZSLData, device: torch.device):
-    """Flow first, then relative positioning: the reference's order of RNG draws."""
+def build_models(cfg: Config, data: util.GZSLData, device: torch.device, relation: bool = False):
+    """Flow first, then relative positioning: the reference's order of RNG draws.
+
+    `relation` (the TMM variant, docs/tmm.md): also the relation network, built between the
+    two as the authors' TMM code builds it; returned third.
+    """
     anchor_pool = data.seen_semantics if cfg.anchors == "seen" else data.all_semantics
     anchors = torch.from_numpy(anchor_pool[util.relative_positioning_anchors(anchor_pool)])
     flow = ConditionalFlow(data.feature_dim, cfg.input_dim, cfg.num_coupling_layers, cfg.hidden_dim)
+    net = RelationNet(data.seen_semantics.shape[1], data.feature_dim, cfg.hidden_dim) if relation else None
     rp = RelativePositioning(anchors, cfg.input_dim)
-    return flow.to(device), rp.to(device)
+    return (flow.to(device), rp.to(device)) + ((net.to(device),) if relation else ())
 
 
 def prepare_data(cfg: Config) -> util.GZSLData:
@@ -62,12 +68,15 @@ class Trainer:
     included); `step(it)` is one training iteration of the reference.
     """
 
-    def __init__(self, cfg: Config, data: util.GZSLData, device: torch.device):
+    def __init__(self, cfg: Config, data: util.GZSLData, device: torch.device, mined: dict | None = None):
         self.cfg, self.device = cfg, device
         n_train = len(data.train_label)
+        tmm = cfg.variant == "tmm"
         # Reference order of random draws: the batch permutation (numpy), then model init (torch).
-        self.sampler = util.EpochPermutationSampler(n_train, cfg.batchsize)
-        self.flow, self.rp = build_models(cfg, data, device)
+        # TMM quirk (docs/tmm.md): the relation network's batch size is the flow's too; cfg.batchsize
+        # only sets the iteration counts below.
+        self.sampler = util.EpochPermutationSampler(n_train, cfg.relation_batchsize if tmm else cfg.batchsize)
+        self.flow, self.rp, *relation = build_models(cfg, data, device, relation=tmm)
         self.params = list(self.flow.parameters()) + list(self.rp.parameters())
         self.optimizer = fast.flow_optimizer(self.params, cfg.lr, cfg.weight_decay, device, cfg.fused_adam)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
@@ -80,6 +89,29 @@ class Trainer:
         self.total = cfg.total_iterations(n_train)
         self.iters_per_epoch = math.ceil(n_train / cfg.batchsize)  # what StepLR counts (not the sampler's epochs)
         self.next_iteration = 0
+        self.mined, self.mining_stats = None, {}
+        if tmm:  # where the TMM variant diverges: mine boundary samples before the first flow step
+            self._add_mined_rows(relation[0], mined)
+
+    def _add_mined_rows(self, relation, mined: dict | None) -> None:
+        """GSMFlow-TMM (docs/tmm.md), in the authors' order: train the relation network on the
+        sampler's batches, mine one pass from where it stopped, then train the flow on real +
+        mined rows with a fresh sampler (a new permutation). `mined` (on resume): the rows
+        mined by the run being continued, used instead of mining again."""
+        cfg = self.cfg
+        if mined is None:
+            iterations = (len(self.train_y) // cfg.batchsize) * cfg.relation_nepoch + 1  # the authors' count
+            self.mining_stats = mining.train_relation_net(relation, self.sampler, self.train_x, self.train_y,
+                                                          self.seen_sem, iterations, cfg.relation_lr, cfg.relation_wd)
+            relation.eval()
+            x, y, stats = mining.mine(relation, self.sampler, self.train_x, self.train_y, self.seen_sem, cfg.aug_lr,
+                                      cfg.loops_adv, cfg.entropy_weight, cfg.mse, cfg.aug_mt, cfg.aug_wd)
+            self.mining_stats.update(stats)
+            mined = {"features": x.cpu(), "labels": y.cpu()}
+        self.mined = mined
+        self.train_x = torch.cat((self.train_x, mined["features"].to(self.device)))
+        self.train_y = torch.cat((self.train_y, mined["labels"].to(self.device)))
+        self.sampler = util.EpochPermutationSampler(len(self.train_y), cfg.relation_batchsize)
 
     def step(self, it: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One iteration: NLL + prototype loss, one Adam step; returns both losses (tensors)."""
@@ -89,8 +121,9 @@ class Trainer:
         with autocast:
             x, cond = self.train_x.index_select(0, idx), self.rp(self.seen_sem[self.train_y[idx]])
             # Visual perturbation: N(0, pi^2) noise under one mask shared by the whole batch.
-            noise = cfg.pi * (torch.randn(cfg.batchsize, dim, device=self.device) if cfg.device_noise
-                              else torch.randn(cfg.batchsize, dim).to(self.device))  # the reference: CPU generator
+            rows = self.sampler.batch_size  # cfg.batchsize, or under TMM relation_batchsize
+            noise = cfg.pi * (torch.randn(rows, dim, device=self.device) if cfg.device_noise
+                              else torch.randn(rows, dim).to(self.device))  # the reference: CPU generator
             mask = torch.empty(dim, device=self.device).uniform_() > cfg.dropout
             z, log_det = flow(x + mask * noise, cond)
             nll = torch.mean(z ** 2) / 2 - torch.mean(log_det) / dim
@@ -149,7 +182,16 @@ def run(cfg: Config, resume_dir: Path | None = None, on_evaluation=None) -> dict
     if cfg.bf16 and fast.slow_bf16_matmul(device):
         log.print("warning: --bf16 on a CPU without native bf16 matrix products: far slower than fp32 here")
 
-    trainer = Trainer(cfg, data, device)
+    mined = load_mined(resume_dir / MINED, data) if state is not None and cfg.variant == "tmm" else None
+    trainer = Trainer(cfg, data, device, mined=mined)
+    if trainer.mining_stats:
+        st = trainer.mining_stats
+        log.print(f"TMM: relation network {st['relation_iterations']} iterations (MSE {st['relation_loss_first']:.4f} "
+                  f"-> {st['relation_loss_last']:.4f}); mined {st['mined_rows']} rows in {st['mined_batches']} batches "
+                  f"(entropy {st['entropy_before']:.4f} -> {st['entropy_after']:.4f}, own class still top for "
+                  f"{100 * st['kept']:.1f}%; {st['mining_seconds']:.0f}s); the flow trains on "
+                  f"{len(trainer.train_y)} rows in batches of {trainer.sampler.batch_size}")
+        runs.atomic_save({**trainer.mined, "data": data.signature()}, opened.dir / MINED)
     evaluate = Evaluator(cfg, data, device)
     rows: list[dict] = []
     if state is not None:
@@ -205,6 +247,18 @@ def run(cfg: Config, resume_dir: Path | None = None, on_evaluation=None) -> dict
 def refuse_existing(path: str) -> None:
     if path and Path(path).exists():
         raise ConfigError(f"option --save_synthetic: {path} exists; not overwriting it")
+
+
+MINED = "mined.pt"  # TMM: the mined rows, written once per run; --resume reads them instead of mining again
+
+
+def load_mined(path: Path, data: util.GZSLData) -> dict:
+    if not path.is_file():
+        raise util.DataError(f"{path}: not found (a TMM run keeps its mined rows there; start the run again)")
+    mined = torch.load(path, map_location="cpu", weights_only=True)
+    if mined.get("data") != data.signature():
+        raise util.DataError(f"{path}: mined from other data than this run's")
+    return mined
 
 
 def resume(defaults: Config, argv: list[str]) -> dict:
@@ -294,7 +348,21 @@ def run_seeds(cfg: Config) -> dict:
     return result
 
 
-def dispatch(defaults: Config, argv: list[str]) -> dict:
+def variant_defaults(defaults: Config, argv: list[str], tmm: dict | None = None) -> Config:
+    """The script's settings for the variant on the command line: with --variant=tmm, the script's
+    TMM block (and, with --synthetic, SYNTHETIC_TMM_SCHEDULE) replaces its MM'21 values; the
+    command line still comes last (parse_overrides)."""
+    updates = parse_args(argv, defaults)
+    if updates.get("variant", defaults.variant) != "tmm":
+        return defaults
+    block = {**(tmm or {}), "variant": "tmm"}
+    if updates.get("synthetic", defaults.synthetic):
+        block.update(SYNTHETIC_TMM_SCHEDULE)
+    return dataclasses.replace(defaults, **block)
+
+
+def dispatch(defaults: Config, argv: list[str], tmm: dict | None = None) -> dict:
+    defaults = variant_defaults(defaults, argv, tmm)
     cfg = parse_overrides(defaults, argv)
     if cfg.resume:
         return resume(defaults, argv)
@@ -305,16 +373,23 @@ def dispatch(defaults: Config, argv: list[str]) -> dict:
     return run_protocol(cfg)
 
 
-def main(defaults: Config, argv: list[str] | None = None) -> dict:
-    """Entry point of the train_<DATASET>.py scripts: --help, overrides, the run mode; cli's exit codes."""
+def main(defaults: Config, argv: list[str] | None = None, tmm: dict | None = None) -> dict:
+    """Entry point of the train_<DATASET>.py scripts: --help, overrides, the run mode; cli's exit codes.
+
+    `tmm`: the script's GSMFlow-TMM settings, used with --variant=tmm (docs/tmm.md)."""
     argv = sys.argv[1:] if argv is None else argv
     if "-h" in argv or "--help" in argv:
         script = sys.modules.get("__main__")
         about = (getattr(script, "__doc__", None) or __doc__).strip()
+        shown = [a for a in argv if a not in ("-h", "--help")]
+        if "--variant=tmm" in shown or "tmm" in shown[1:] and shown[shown.index("tmm") - 1] == "--variant":
+            defaults = dataclasses.replace(defaults, **(tmm or {}), variant="tmm")  # the TMM block's values
         config.parser(defaults, Path(sys.argv[0]).name, about).print_help()
         raise SystemExit(0)
-    return cli.main_guard(dispatch, defaults, argv)
+    return cli.main_guard(dispatch, defaults, argv, tmm)
 
 
 if __name__ == "__main__":
-    main(Config())  # your own dataset: python train.py --dataset=NAME (Config defaults = AWA2's settings)
+    # your own dataset: python train.py --dataset=NAME (Config defaults = AWA2's settings); with
+    # --variant=tmm, the TMM options' defaults (the authors' argparse defaults) and all classes' anchors
+    main(Config(), tmm=dict(anchors="all"))

@@ -60,9 +60,19 @@ SPACE_VERSION = 1  # part of the study name: change it with SPACE, so old trials
 # high x the script's value, so each dataset keeps its own scale and a short schedule
 # (--synthetic: nSample=50) stays short. The script's own values are always trial 0 of a new study.
 # The order trials draw their values in: part of what a seed proposes, so kept as SPACE_VERSION 1
-# drew them (tests/test_tune.py checks it names every option config.py marks for tuning).
-SUGGEST_ORDER = ("pi", "prototype", "lr", "weight_decay", "num_coupling_layers", "nSample", "classifier_lr", "dropout")
-SPACE = {name: config.SPACE[name] for name in SUGGEST_ORDER if name in config.SPACE}
+# drew them (tests/test_tune.py checks it names every option config.py marks for tuning); the
+# GSMFlow-TMM knobs (kind "variant") are searched only with --variant=tmm (docs/tmm.md).
+SUGGEST_ORDER = ("pi", "prototype", "lr", "weight_decay", "num_coupling_layers", "nSample", "classifier_lr", "dropout",
+                 "aug_lr", "loops_adv", "entropy_weight", "relation_lr")
+TMM_KNOBS = cli.names_where(Config, kind="variant")
+MM21_SPACE = {name: config.SPACE[name] for name in SUGGEST_ORDER if name in config.SPACE and name not in TMM_KNOBS}
+TMM_SPACE = {name: config.SPACE[name] for name in SUGGEST_ORDER if name in config.SPACE}
+SPACE = MM21_SPACE  # the space of this command's variant (use_space)
+
+
+def use_space(cfg: Config) -> None:
+    global SPACE
+    SPACE = TMM_SPACE if cfg.variant == "tmm" else MM21_SPACE
 PRUNER_STARTUP_TRIALS = 5  # the median pruner stops nothing until this many trials have finished
 
 
@@ -268,7 +278,8 @@ def settings_block(study: optuna.Study, cfg: Config, script: Config) -> str:
     under = [f"{k}={v}" for k, v in fingerprint(cfg).items() if k not in SPACE and getattr(script, k) != v]
     if under:
         lines.append(f"# found with these changes to train_{cfg.dataset}.py, which the values go with: {' '.join(under)}")
-    lines.append(f"# settings selected on validation; paste into train_{cfg.dataset}.py's Config(...):")
+    target = "TMM = dict(...)" if cfg.variant == "tmm" else "Config(...)"
+    lines.append(f"# settings selected on validation; paste into train_{cfg.dataset}.py's {target}:")
     for name, value in best.params.items():
         lines.append(f"    {name}={rounded(value)!r},".ljust(32) + f"# was {getattr(cfg, name)!r}")
     return "\n".join(lines)
@@ -367,11 +378,13 @@ def command_parser() -> "cli.argparse.ArgumentParser":
                                  "its own): any --key=value of train_<DATASET>.py --help.")
 
 
-def script_config(dataset: str) -> Config:
-    """The settings a trial starts from: train_<DATASET>.py's, or Config defaults for your own folder."""
+def script_config(dataset: str, argv: list[str]) -> Config:
+    """The settings a trial starts from: train_<DATASET>.py's (its TMM block with --variant=tmm), or
+    Config defaults for your own folder, as `python train.py --dataset=NAME`."""
     if (ROOT / f"train_{dataset}.py").is_file():
-        return importlib.import_module(f"train_{dataset}").config
-    return Config(dataset=dataset)  # like python train.py --dataset=NAME
+        module = importlib.import_module(f"train_{dataset}")
+        return train.variant_defaults(module.config, argv, getattr(module, "TMM", None))
+    return train.variant_defaults(Config(dataset=dataset), argv, dict(anchors="all"))
 
 
 def stored_study_name(storage, dataset: str, name: str) -> str:
@@ -379,7 +392,7 @@ def stored_study_name(storage, dataset: str, name: str) -> str:
     names = optuna.get_all_study_names(storage)
     if name in names:
         return name
-    mine = [n for n in names if re.fullmatch(rf"{re.escape(dataset)}(-synthetic)?-space{SPACE_VERSION}", n)]
+    mine = [n for n in names if re.fullmatch(rf"{re.escape(dataset)}(-synthetic)?(-tmm)?-space{SPACE_VERSION}", n)]
     return mine[0] if len(mine) == 1 else name
 
 
@@ -401,8 +414,10 @@ def tune(argv: list[str]):
     if opts.study and not STUDY_NAME.fullmatch(opts.study):
         raise ConfigError(f"option --study: {opts.study!r} is not a study name (letters, digits, '.', '_', "
                           f"'-', from a letter or digit; it names a folder under out_dir/tune/)")
-    script = script_config(canonical_name(opts.dataset))
+    script = script_config(canonical_name(opts.dataset), [f"--{k}={v}" for k, v in explicit.items()
+                                                          if k in ("variant", "synthetic")])
     cfg = config.apply(script, explicit)
+    use_space(cfg)
     tune_dir = Path(cfg.out_dir) / "tune"
     storage_url = opts.storage
     if not storage_url:
@@ -410,11 +425,13 @@ def tune(argv: list[str]):
         storage_url = f"sqlite:///{(tune_dir / 'tune.db').resolve()}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial instead of Optuna's
     storage = open_storage(storage_url, opts.heartbeat)
-    name = opts.study or f"{cfg.dataset}{'-synthetic' if cfg.synthetic else ''}-space{SPACE_VERSION}"
+    variant = "-tmm" if cfg.variant == "tmm" else ""
+    name = opts.study or f"{cfg.dataset}{'-synthetic' if cfg.synthetic else ''}{variant}-space{SPACE_VERSION}"
     run_opts = {**dataclasses.asdict(opts), "storage": storage_url}
     if opts.report:
         name = opts.study or stored_study_name(storage, cfg.dataset, name)
         cfg = stored_config(storage, name, cfg, explicit)
+        use_space(cfg)
         # final runs default to --select=val: the evaluation and classifier epoch are chosen on validation too
         return report(cfg, script, run_opts, storage, name, tune_dir / name, explicit.get("select", "val"))
     check_in_space(cfg)

@@ -484,5 +484,6 @@ def test_no_safety_checks_that_python_O_would_remove():
 
 
 def test_the_search_space_is_the_registry_s_in_a_fixed_order():
-    assert list(tune.SPACE) == [n for n in tune.SUGGEST_ORDER if n in config.SPACE]
-    assert set(tune.SPACE) == set(config.SPACE), "a tunable option of config.py is missing from SUGGEST_ORDER"
+    assert list(tune.TMM_SPACE) == [n for n in tune.SUGGEST_ORDER if n in config.SPACE]
+    assert set(tune.TMM_SPACE) == set(config.SPACE), "a tunable option of config.py is missing from SUGGEST_ORDER"
+    assert list(tune.MM21_SPACE) == list(tune.SUGGEST_ORDER[:8])  # MM'21 studies search what they always did

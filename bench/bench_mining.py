@@ -1,0 +1,154 @@
+"""Cost of GSMFlow-TMM's boundary-sample mining (mining.py) at AWA2 shapes.
+
+    python bench/bench_mining.py                 # 2 batches x 3 SGD steps, 2 relation iterations
+    python bench/bench_mining.py --batches=92 --loops=30 --relation_iters=4551   # the full AWA2 cost
+    python bench/bench_mining.py --device=cuda   # default: cuda when available, else cpu
+
+AWA2 shapes: 23,527 x 2048 training features, 40 seen classes, 85-d attributes, batches of 256
+(relation_batchsize), a 2048-wide relation network. Mining runs one batch at a time; one SGD step
+is a forward + backward pass of the relation network over the batch's B x C pairs: two
+(B*C) x (D + d_a) x H products, against which the step is compared (`torch.mm` of that shape). The bench mines
+`--batches` batches with `--loops` steps each, times the relation training for `--relation_iters`
+iterations, and projects the times of the authors' AWA2 settings: a pass of 91 batches x 30 steps, after 91 x 50 + 1 = 4,551 relation iterations. Memory: peak
+resident memory (CPU) or peak allocated memory (CUDA) of the mining against the chunk bound
+W = B*C*(D + d_a + H) * 4 bytes (one pair matrix and one hidden layer of one batch).
+The relation network is freshly initialised (the cost does not depend on its weights).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import mining  # noqa: E402
+import util  # noqa: E402
+from models import RelationNet  # noqa: E402
+
+N, D, C, DA, B, H = 23527, 2048, 40, 85, 256, 2048
+FULL_BATCHES, FULL_LOOPS, FULL_RELATION_ITERS = 91, 30, 91 * 50 + 1  # docs/tmm.md: AWA2 mines 91 batches
+
+
+def peak_bytes(device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        return next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name"))
+    except Exception:
+        return platform.processor()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batches", type=int, default=2)
+    ap.add_argument("--loops", type=int, default=3)
+    ap.add_argument("--relation_iters", type=int, default=2)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default="")
+    args = ap.parse_args()
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    rng = np.random.default_rng(0)
+    features = torch.from_numpy(rng.random((N, D), dtype=np.float32)).to(device)
+    labels = torch.from_numpy(rng.integers(0, C, N)).to(device)
+    semantics = torch.from_numpy(rng.random((C, DA), dtype=np.float32)).to(device)
+    net = RelationNet(DA, D, H).to(device)
+
+    # mining first, in a fresh process: its peak memory is then its own (ru_maxrss only grows)
+    sampler = util.EpochPermutationSampler(N, B)
+    sampler.cursor = N - args.batches * B  # so that the pass takes exactly --batches batches
+    assert mining.mined_batches(N, B, sampler.cursor) == args.batches
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    net.eval()
+    sync(device)
+    t0 = time.perf_counter()
+    mined, _, stats = mining.mine(net, sampler, features, labels, semantics, lr=100.0, loops=args.loops,
+                                  entropy_weight=20.0)
+    sync(device)
+    seconds = time.perf_counter() - t0
+    peak = peak_bytes(device)
+
+    net.train()
+    sync(device)
+    t0 = time.perf_counter()
+    mining.train_relation_net(net, sampler, features, labels, semantics, args.relation_iters, 3e-4, 3e-6)
+    sync(device)
+    per_relation_iter = (time.perf_counter() - t0) / args.relation_iters
+
+    # (after the mining, whose peak memory is measured) the bound of one SGD step:
+    # its two big products, (B*C) x (D + d_a) x H, as plain torch.mm
+    a = torch.rand(B * C, D + DA, device=device)
+    w = torch.rand(D + DA, H, device=device)
+    torch.mm(a, w)
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(2):
+        torch.mm(a, w)
+    sync(device)
+    mm_seconds = (time.perf_counter() - t0) / 2
+    del a, w
+
+    per_step = seconds / (args.batches * args.loops)
+    bound = B * C * (D + DA + H) * 4
+    result = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": str(device), "cpu": cpu_model(), "torch": torch.__version__,
+        "command": "python bench/bench_mining.py " + " ".join(sys.argv[1:]),
+        "shapes": {"N": N, "D": D, "classes": C, "d_a": DA, "batch": B, "hidden": H},
+        "measured": {"batches": args.batches, "loops": args.loops, "mining_seconds": round(seconds, 2),
+                     "seconds_per_sgd_step": round(per_step, 3), "two_mm_seconds": round(2 * mm_seconds, 3),
+                     "gflops_per_s_of_mm": round(2 * B * C * (D + DA) * H / mm_seconds / 1e9, 1),
+                     "relation_iters": args.relation_iters,
+                     "seconds_per_relation_iter": round(per_relation_iter, 3),
+                     "mining_peak_bytes_over_start": peak - base if device.type == "cpu" else peak,
+                     "chunk_bound_W_bytes": bound},
+        "projected_awa2": {"mining_pass_seconds": round(per_step * FULL_BATCHES * FULL_LOOPS, 1),
+                           "relation_training_seconds": round(per_relation_iter * FULL_RELATION_ITERS, 1)},
+    }
+    m = result["measured"]
+    print(f"{device} ({result['cpu'] if device.type == 'cpu' else torch.cuda.get_device_name(device)}), "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"mining: {args.batches} batches x {args.loops} steps in {seconds:.1f}s = {per_step:.3f}s per SGD step "
+          f"(B={B}, C={C}: {B * C} pairs of {D + DA})")
+    print(f"  bound: its two (B*C) x (D+d_a) x H products as torch.mm: {2 * mm_seconds:.3f}s "
+          f"({m['gflops_per_s_of_mm']:.0f} GFLOP/s); step / bound = {per_step / (2 * mm_seconds):.2f}")
+    print(f"relation training: {per_relation_iter:.3f}s per iteration (bound: its forward and weight-gradient "
+          f"products, {2 * mm_seconds:.3f}s; ratio {per_relation_iter / (2 * mm_seconds):.2f})")
+    print(f"peak memory of mining: {m['mining_peak_bytes_over_start'] / 2**20:.0f} MiB "
+          f"{'over the resident set before it' if device.type == 'cpu' else 'allocated (features included)'}; "
+          f"chunk bound W = {bound / 2**20:.0f} MiB")
+    p = result["projected_awa2"]
+    print(f"projected AWA2 (authors' settings): mining pass {FULL_BATCHES} x {FULL_LOOPS} steps ~ "
+          f"{p['mining_pass_seconds']:.0f}s; relation training {FULL_RELATION_ITERS} iterations ~ "
+          f"{p['relation_training_seconds']:.0f}s")
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
