@@ -1,8 +1,8 @@
 """Cost of GSMFlow-TMM's boundary-sample mining (mining.py) at AWA2 shapes.
 
-    python bench/bench_mining.py                 # 2 batches x 3 SGD steps, 2 relation iterations
-    python bench/bench_mining.py --batches=92 --loops=30 --relation_iters=4551   # the full AWA2 cost
-    python bench/bench_mining.py --device=cuda   # default: cuda when available, else cpu
+    python -m bench.bench_mining                 # 2 batches x 3 SGD steps, 2 relation iterations
+    python -m bench.bench_mining --batches=92 --loops=30 --relation_iters=4551   # the full AWA2 cost
+    python -m bench.bench_mining --device=cuda   # default: cuda when available, else cpu
 
 AWA2 shapes: 23,527 x 2048 training features, 40 seen classes, 85-d attributes, batches of 256
 (relation_batchsize), a 2048-wide relation network. Mining runs one batch at a time; one SGD step
@@ -16,7 +16,6 @@ The relation network is freshly initialised (the cost does not depend on its wei
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import platform
@@ -24,20 +23,36 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import cli
+import mining
+import train_AWA2
+import util
+from benchmarks import BENCHMARKS
+from cli import opt
+from models import RelationNet
 
-import mining  # noqa: E402
-import util  # noqa: E402
-from models import RelationNet  # noqa: E402
+# AWA2's shapes (benchmarks.py) and the TMM block of train_AWA2.py (the authors' AWA2 settings)
+_B, _T = BENCHMARKS["AWA2"], train_AWA2.TMM
+N, D, C, DA = _B.trainval, _B.feature_dim, _B.seen, _B.semantic_dims["att"]
+B, H = _T["relation_batchsize"], train_AWA2.config.hidden_dim
+FULL_BATCHES = N // _T["batchsize"]                     # docs/tmm.md: AWA2 mines 91 batches
+FULL_LOOPS = _T["loops_adv"]
+FULL_RELATION_ITERS = (N // _T["batchsize"]) * _T["relation_nepoch"] + 1
 
-N, D, C, DA, B, H = 23527, 2048, 40, 85, 256, 2048
-FULL_BATCHES, FULL_LOOPS, FULL_RELATION_ITERS = 91, 30, 91 * 50 + 1  # docs/tmm.md: AWA2 mines 91 batches
+
+@dataclass
+class MiningBenchOptions:
+    batches: int = opt(2, "batches mined (the authors' AWA2 pass: 91)", low=1)
+    loops: int = opt(3, "SGD steps per batch (the authors' AWA2: 30)", low=1)
+    relation_iters: int = opt(2, "relation-network iterations timed (the authors' AWA2: 4,551)", low=1)
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N")
+    out: str = opt("", "also write the result as JSON here", path=True)
 
 
 def peak_bytes(device) -> int:
@@ -59,14 +74,13 @@ def cpu_model() -> str:
         return platform.processor()
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batches", type=int, default=2)
-    ap.add_argument("--loops", type=int, default=3)
-    ap.add_argument("--relation_iters", type=int, default=2)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--out", default="")
-    args = ap.parse_args()
+def main(argv: list[str] | None = None):
+    return cli.main_guard(bench, sys.argv[1:] if argv is None else argv)
+
+
+def bench(argv: list[str]):
+    args = MiningBenchOptions(**cli.parse(cli.parser_for("python -m bench.bench_mining", __doc__,
+                                                         (MiningBenchOptions, None)), argv))
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     torch.manual_seed(0)
@@ -80,7 +94,8 @@ def main():
     # mining first, in a fresh process: its peak memory is then its own (ru_maxrss only grows)
     sampler = util.EpochPermutationSampler(N, B)
     sampler.cursor = N - args.batches * B  # so that the pass takes exactly --batches batches
-    assert mining.mined_batches(N, B, sampler.cursor) == args.batches
+    if mining.mined_batches(N, B, sampler.cursor) != args.batches:
+        raise RuntimeError(f"the mining pass would take {mining.mined_batches(N, B, sampler.cursor)} batches")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -118,7 +133,7 @@ def main():
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "device": str(device), "cpu": cpu_model(), "torch": torch.__version__,
-        "command": "python bench/bench_mining.py " + " ".join(sys.argv[1:]),
+        "command": "python -m bench.bench_mining " + " ".join(argv),
         "shapes": {"N": N, "D": D, "classes": C, "d_a": DA, "batch": B, "hidden": H},
         "measured": {"batches": args.batches, "loops": args.loops, "mining_seconds": round(seconds, 2),
                      "seconds_per_sgd_step": round(per_step, 3), "two_mm_seconds": round(2 * mm_seconds, 3),

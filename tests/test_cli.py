@@ -24,7 +24,7 @@ def commands() -> list[list[str]]:
     """Every command a user runs (README), as argv after `python`."""
     scripts = [[p.name] for p in sorted(ROOT.glob("train*.py"))]
     others = [["tune.py"], ["plot.py"], ["synthetic.py"], ["-m", "data.prepare"], ["-m", "data.make_dataset"],
-              ["-m", "bench.bench"]]
+              ["-m", "bench.bench"], ["-m", "bench.bench_mining"]]
     if (ROOT / "reproduce.py").exists():
         others.append(["reproduce.py"])
     return scripts + others
@@ -68,7 +68,7 @@ def test_registry_fields_all_have_help_kind_and_derived_lists():
         set(config.MACHINE_LOCAL)
     assert not {"lr", "pi", "nSample", "manualSeed", "validation"} & set(config.MACHINE_LOCAL)
     assert {"pi", "prototype", "lr", "weight_decay", "num_coupling_layers", "nSample", "classifier_lr",
-            "dropout"} == set(config.SPACE)
+            "dropout", "aug_lr", "loops_adv", "entropy_weight", "relation_lr"} == set(config.SPACE)
     assert {"validation", "seeds", "resume", "eval_only", "save_synthetic"} == set(config.NOT_FOR_TUNING)
 
 
