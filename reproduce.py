@@ -377,7 +377,7 @@ def fmt_duration(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     if seconds < 120:
         return f"{seconds}s"
-    if seconds < 7200:
+    if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
@@ -651,7 +651,7 @@ def plot_h(path: Path, rows: list[dict], title: str, synthetic: bool) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    fig, ax = plt.subplots(figsize=(1.6 + 1.9 * max(1, len(datasets)), 4.2))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 + 1.9 * len(datasets)), 4.6))
     width, colors = 0.26, {"paper": "tab:red", "val": "tab:blue", "last": "tab:gray"}
     top = 0.0
     for k, rule in enumerate(RULES):
@@ -676,10 +676,11 @@ def plot_h(path: Path, rows: list[dict], title: str, synthetic: bool) -> None:
     ax.set_xticks(range(len(datasets)), datasets)
     ax.set_ylabel("GZSL H (%)")
     ax.set_ylim(0, max(10.0, top * 1.15 + 2))
-    ax.legend(fontsize=8, loc="upper right", ncol=3)
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=3, frameon=False)
     ax.set_title(title + ("\nSYNTHETIC stand-in data: not benchmark numbers" if synthetic else "")
-                 + "\nmean ± std over seeds; paper protocol selects on the TEST set", fontsize=9)
-    fig.tight_layout()
+                 + "\nGZSL H, mean ± std over seeds (the paper protocol selects on the TEST set)", fontsize=9)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
