@@ -33,7 +33,6 @@ import fcntl
 import hashlib
 import importlib
 import json
-import math
 import os
 import platform
 import socket

@@ -269,10 +269,10 @@ def slurm_cluster(monkeypatch):
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return False
-    return True
+    return "\nState:\tZ" not in status  # a zombie has exited
 
 
 def test_cells_run_as_slurm_jobs(tmp_path, capsys, slurm_cluster):
