@@ -546,8 +546,10 @@ def table_rows(cells: list[Cell], results: dict) -> list[dict]:
     return rows
 
 
-def fmt_stat(stat) -> str:
-    return f"{stat[0]:.2f} ± {stat[1]:.2f}" if stat else "–"
+def fmt_stat(stat, n: int) -> str:
+    if not stat:
+        return "–"
+    return f"{stat[0]:.2f} ± {stat[1]:.2f}" if n > 1 else f"{stat[0]:.2f}"  # no std from one seed
 
 
 def git_commit() -> str:
@@ -581,13 +583,23 @@ def write_table(table_dir: Path, cells: list[Cell], results: dict, command: str,
         first = r["rule"] == "paper" or not any(x["dataset"] == r["dataset"] and x["rule"] == "paper" for x in rows)
         wall = fmt_duration(r["wall_seconds_per_cell"]) + (f" ({r['resumed_cells']} resumed)" if r["resumed_cells"] else "")
         cols = [r["dataset"] if first else "", RULE_NAMES[r["rule"]], f"{r['n_seeds']}/{r['of_seeds']}",
-                *(fmt_stat(r.get(m)) for m in METRICS), wall, r["devices"]]
+                *(fmt_stat(r.get(m), r["n_seeds"]) for m in METRICS), wall, r["devices"]]
         if len(header) > len(cols):
             p = published.get(r["dataset"])
             cols.append(" / ".join(f"{p[m]:.1f}" for m in METRICS) + f" ([source]({p['source']}))"
                         if p and r["rule"] == "paper" else "")
         lines.append("| " + " | ".join(cols) + " |")
     lines += ["", "Rules:", *(f"- {text}." for text in (report.PAPER_RULE, report.VAL_RULE, report.LAST_RULE)), ""]
+    for dataset in dict.fromkeys(c.dataset for c in cells):
+        done = [results[(c.dataset, c.seed)] for c in cells if c.dataset == dataset and (c.dataset, c.seed) in results]
+        for rule in RULES:
+            lacking = [r for r in done if rule not in r["summary"]]
+            if lacking:
+                why = ("its validation run made no evaluation (no iteration above --eval_start is a multiple of "
+                       "--evl_interval on the smaller validation split)" if rule == "val" and all("paper" in r["summary"]
+                       for r in lacking) else "no evaluation ran")
+                lines.append(f"No {RULE_NAMES[rule]} row for {dataset}: in {len(lacking)} of {len(done)} cells {why}.  ")
+    lines.append("")
     if synthetic:
         lines.append("Published numbers: not compared; these runs are on generated stand-in data.")
     elif not published:
