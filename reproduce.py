@@ -70,7 +70,7 @@ NOT_FOR_REPRODUCE = {
 # settings (tune.py's MACHINE_LOCAL, plus what reproduce.py sets per cell).
 MACHINE_LOCAL = ("dataroot", "out_dir", "device", "quiet", "disp_interval", "synth_chunk", "keep_freed_memory",
                  "select", "validation", "seeds", "resume", "eval_only", "save_synthetic", "manualSeed")
-POLL_SECONDS = 2.0
+POLL_SECONDS = {"local": 0.5, "slurm": 2.0}  # how often the driver looks at its jobs
 
 
 @dataclass
@@ -458,7 +458,7 @@ def run_cells(cells: list[Cell], opts: ReproduceOptions, overrides: list[str], j
                         f"{progress.eta(len(pending), [0.0] * len(running))}")
                 else:
                     say(f"[queue] {cell.label}: SLURM job {job.job_id} (log {job.paths.stdout})")
-            time.sleep(POLL_SECONDS)
+            time.sleep(POLL_SECONDS[opts.executor])
             now = time.time()
             for job_id, entry in list(running.items()):
                 job, cell = entry["job"], entry["cell"]
