@@ -253,6 +253,7 @@ def slurm_cluster(monkeypatch):
         monkeypatch.setenv("SLURM_CONF", str(conf))
         yield host
     finally:
+        stop_jobs(env)  # before the daemons: a job step left behind would wait for its slurmd forever
         pids = []
         for pid_file in pid_files:
             try:
@@ -265,6 +266,26 @@ def slurm_cluster(monkeypatch):
             pids = [pid for pid in pids if _alive(pid)]
             time.sleep(0.05)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def stop_jobs(env: dict) -> None:
+    """Wait until the queue is empty (a finished job leaves it once its steps have ended); cancel what remains."""
+    deadline, cancelled = time.monotonic() + 20, False
+    while True:
+        try:
+            queue = subprocess.run([daemon("squeue"), "-h", "-o", "%i"], env=env, capture_output=True, text=True,
+                                   timeout=30)
+        except (OSError, subprocess.SubprocessError, TypeError):
+            return
+        jobs = queue.stdout.split()
+        if queue.returncode != 0 or not jobs:
+            return
+        if time.monotonic() > deadline:
+            if cancelled:
+                return
+            subprocess.run([daemon("scancel"), *jobs], env=env, capture_output=True, timeout=30)
+            deadline, cancelled = time.monotonic() + 10, True
+        time.sleep(0.2)
 
 
 def _alive(pid: int) -> bool:
