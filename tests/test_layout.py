@@ -32,7 +32,7 @@ LIBRARY = {
               "mining"},
 }
 # entry points: may import any library module; no module imports them
-SCRIPT_PATTERNS = ("train_*.py", "plot.py", "tune.py", "bench/*.py", "data/*.py")
+SCRIPT_PATTERNS = ("train_*.py", "plot.py", "tune.py", "reproduce.py", "bench/*.py", "data/*.py")
 THIRD_PARTY_OF_MODELS = {"torch", "FrEIA"}
 
 

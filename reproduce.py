@@ -1,0 +1,736 @@
+"""The paper's table in one command: every (dataset, seed) cell as a job, then mean +- std.
+
+    python reproduce.py                                  # AWA2 APY CUB FLO, seeds 6152,1,2, one cell at a time
+    python reproduce.py AWA2 APY --seeds=1,2 --parallel=2
+    python reproduce.py --synthetic                      # the stand-in data: a demo, not benchmark numbers
+    python reproduce.py --executor=slurm --slurm_partition=gpu --slurm_gpus_per_job=1
+    python reproduce.py CUB --nSample=1200               # any train-script option, applied to every cell
+
+A cell is one (dataset, seed): train_<DATASET>.py's `config`, this command's --key=value
+overrides and --manualSeed=<seed>, run as --select=val does it (a run on the leak-free
+validation split, then the run on the test split), so one cell gives all three rules:
+paper protocol, val and last. Each cell is an independent submitit job, on this machine
+(--executor=local, real subprocesses) or one SLURM job each (--executor=slurm).
+
+Where things go (docs/reproduce.md):
+    <out_dir>/reproduce/cells/<settings>/<DATASET>-seed<k>/   a cell: its run directories, cell.json,
+                                                              result.json once it finished
+    <out_dir>/reproduce/<name>/                               table.md, table.csv, table.png, cells.csv, jobs/
+<settings> is <variant>[-synthetic][-<hash of the other overrides>]: commands with the same
+settings share cells. <name> is <settings with seeds>[-<datasets>] unless --name is given.
+
+A finished cell (result.json) is never run again; a killed one continues from its last
+checkpoint (--resume, on by default). The same command again after everything finished
+only rebuilds the table.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import datetime
+import fcntl
+import hashlib
+import importlib
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from config import BENCHMARKS, Config, ConfigError, field_types, parse_args, parse_overrides
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_VARIANT = "mm21"
+RULES = ("paper", "val", "last")
+RULE_NAMES = {"paper": "paper protocol", "val": "val", "last": "last"}
+METRICS = ("T1", "U", "S", "H")
+
+# Published numbers, per dataset: {"T1": .., "U": .., "S": .., "H": .., "source": URL}. Empty on
+# purpose: neither the authors' README (github.com/uqzhichen/GSMFlow, .../GSMFlow_TMM) states
+# them, and the paper's table could not be read where this was written. A column appears in
+# the table only for numbers entered here with their source.
+PUBLISHED: dict[str, dict] = {}
+
+# Config options a cell sets itself, and what they are set with instead.
+NOT_FOR_REPRODUCE = {
+    "manualSeed": "one cell per seed: use --seeds=6152,1,2",
+    "select": "every cell reports all three rules (paper protocol, val, last)",
+    "validation": "every cell runs the validation split first, then the test split",
+    "eval_only": "not for reproduce.py (use train_<DATASET>.py --eval_only)",
+    "save_synthetic": "not for reproduce.py (use train_<DATASET>.py --save_synthetic)",
+    "dataset": "name the datasets as arguments: python reproduce.py AWA2 APY",
+}
+# Options that say where or how a cell runs, not what it computes: not part of a cell's
+# settings (tune.py's MACHINE_LOCAL, plus what reproduce.py sets per cell).
+MACHINE_LOCAL = ("dataroot", "out_dir", "device", "quiet", "disp_interval", "synth_chunk", "keep_freed_memory",
+                 "select", "validation", "seeds", "resume", "eval_only", "save_synthetic", "manualSeed")
+POLL_SECONDS = {"local": 0.5, "slurm": 2.0}  # how often the driver looks at its jobs
+
+
+@dataclass
+class ReproduceOptions:
+    seeds: str = field(default="6152,1,2", metadata={"help": "comma-separated training seeds; one cell per dataset and seed"})
+    executor: str = field(default="local", metadata={"help": "local: cells as subprocesses on this machine | slurm: one SLURM job per cell"})
+    parallel: int = field(default=0, metadata={"help": "cells at once (0: 1 with local, all with slurm)"})
+    name: str = field(default="", metadata={"help": "table folder under <out_dir>/reproduce/ (default: from the command; docs/reproduce.md)"})
+    resume: bool = field(default=True, metadata={"help": "continue a killed cell from its last checkpoint (false: start it again)"})
+    slurm_partition: str = field(default="", metadata={"help": "SLURM partition (default: the cluster's)"})
+    slurm_gpus_per_job: int = field(default=1, metadata={"help": "GPUs per cell job"})
+    slurm_cpus_per_task: int = field(default=8, metadata={"help": "CPU cores per cell job (also its torch threads)"})
+    slurm_mem_gb: int = field(default=0, metadata={"help": "memory per cell job in GB (0: the partition's default)"})
+    slurm_time: int = field(default=4320, metadata={"help": "time limit per cell job, minutes"})
+    slurm_account: str = field(default="", metadata={"help": "SLURM account"})
+    slurm_qos: str = field(default="", metadata={"help": "SLURM QOS"})
+    slurm_setup: str = field(default="", metadata={"help": "shell lines run before each job, separated by ';' (e.g. module load cuda)"})
+
+
+@dataclass
+class Cell:
+    dataset: str
+    seed: int
+    cfg: Config
+    dir: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset} seed {self.seed}"
+
+
+# ----------------------------------------------------------------------------- command line
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, like every script of the project
+        raise ConfigError(message)
+
+
+def _bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes"):
+        return True
+    if low in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def scripts() -> list[str]:
+    return sorted(p.stem[len("train_"):] for p in ROOT.glob("train_*.py"))
+
+
+def parse_command(argv: list[str]) -> tuple[list[str], ReproduceOptions, list[str]]:
+    """DATASETs, reproduce.py's own options, and the --key=value Config overrides for every cell."""
+    own = {f.name: f for f in dataclasses.fields(ReproduceOptions)}
+    types = field_types()
+    parser = _Parser(prog="reproduce.py",
+                     description="The paper's table: every (dataset, seed) cell with train_<DATASET>.py's settings, "
+                                 "then mean +- std per rule. Any train-script option --key=value applies to every cell.",
+                     epilog="Train-script options (config.py), each applied to every cell: "
+                            + ", ".join(f"--{k}" for k in types if k not in own and k not in NOT_FOR_REPRODUCE)
+                            + ". Not for reproduce.py: " + ", ".join(f"--{k}" for k in NOT_FOR_REPRODUCE) + ".")
+    parser.add_argument("datasets", nargs="*", metavar="DATASET", help=f"any of {', '.join(scripts())} (default: all of {' '.join(BENCHMARKS)})")
+    for name, f in own.items():
+        kind = f.type if isinstance(f.type, type) else {"str": str, "int": int, "bool": bool}[f.type]
+        shown = f" (default: {f.default})" if f.default not in ("", None) else ""
+        parser.add_argument(f"--{name}", type=_bool if kind is bool else kind, default=f.default,
+                            metavar="BOOL" if kind is bool else kind.__name__.upper(), help=f.metadata["help"] + shown, **({"nargs": "?", "const": True} if kind is bool else {}))
+    mine, overrides, args = [], [], list(argv)
+    while args:  # split: own options and datasets to argparse, the rest to config.parse_args
+        arg = args.pop(0)
+        key, has_value, _ = arg[2:].partition("=") if arg.startswith("--") else ("", False, "")
+        if arg.startswith("-") and (key in own or arg in ("-h", "--help")):
+            mine.append(arg)
+            if not has_value and key in own and own[key].type not in (bool, "bool") and args:
+                mine.append(args.pop(0))  # --parallel 2
+        elif arg.startswith("--"):
+            overrides.append(arg)
+            if not has_value and types.get(key) not in (bool, None) and args and not args[0].startswith("--"):
+                overrides.append(args.pop(0))  # --nSample 1000, as train scripts take it
+        else:
+            mine.append(arg)
+    ns = parser.parse_args(mine)
+    opts = ReproduceOptions(**{k: getattr(ns, k) for k in own})
+    datasets = list(dict.fromkeys(ns.datasets)) or list(BENCHMARKS)
+    for name in datasets:
+        if name not in scripts():
+            raise ConfigError(f"unknown dataset {name!r}: no train_{name}.py (known: {', '.join(scripts())})")
+    try:
+        seeds = [int(s) for s in opts.seeds.split(",")]
+    except ValueError:
+        raise ConfigError(f"option --seeds: expected comma-separated integers, got {opts.seeds!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"option --seeds: a seed is listed twice in {opts.seeds!r}")
+    if opts.executor not in ("local", "slurm"):
+        raise ConfigError(f"option --executor: {opts.executor!r} is not one of local, slurm")
+    for key in ("parallel", "slurm_gpus_per_job", "slurm_mem_gb"):
+        if getattr(opts, key) < 0:
+            raise ConfigError(f"option --{key}: must be >= 0, got {getattr(opts, key)}")
+    for key in ("slurm_cpus_per_task", "slurm_time"):
+        if getattr(opts, key) < 1:
+            raise ConfigError(f"option --{key}: must be > 0, got {getattr(opts, key)}")
+    for key, why in NOT_FOR_REPRODUCE.items():
+        if key in parse_args(overrides):
+            raise ConfigError(f"option --{key}: {why}")
+    return datasets, opts, overrides
+
+
+def script_config(dataset: str) -> Config:
+    return importlib.import_module(f"train_{dataset}").config
+
+
+def short_hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def settings_name(overrides: list[str]) -> str:
+    """<variant>[-synthetic][-<hash>]: what the cells compute, beyond the scripts' own settings."""
+    given = parse_args(overrides)
+    variant = given.get("variant", getattr(Config(), "variant", DEFAULT_VARIANT))
+    rest = {k: v for k, v in given.items() if k not in MACHINE_LOCAL and k not in ("variant", "synthetic")}
+    return (f"{variant}{'-synthetic' if given.get('synthetic') else ''}"
+            + (f"-{short_hash(rest)}" if rest else ""))
+
+
+def table_name(settings: str, datasets: list[str], seeds: str) -> str:
+    variant, _, rest = settings.partition("-")
+    subset = "" if sorted(datasets) == sorted(BENCHMARKS) else "-" + "+".join(datasets)
+    return f"{variant}-seeds{seeds}{subset}" + (f"-{rest}" if rest else "")
+
+
+def cell_settings(cfg: Config) -> dict:
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in MACHINE_LOCAL}
+
+
+def make_plan(datasets: list[str], opts: ReproduceOptions, overrides: list[str]) -> tuple[list[Cell], Path, Path]:
+    """Every cell's config (bad overrides fail here, before anything runs) and directory."""
+    configs = {d: parse_overrides(script_config(d), overrides) for d in datasets}
+    out_root = Path(configs[datasets[0]].out_dir) / "reproduce"
+    settings = settings_name(overrides)
+    cells_root = out_root / "cells" / settings
+    table_dir = out_root / (opts.name or table_name(settings, datasets, opts.seeds))
+    cells = []
+    for d in datasets:
+        for seed in (int(s) for s in opts.seeds.split(",")):
+            cell_dir = cells_root / f"{d}-seed{seed}"
+            cfg = dataclasses.replace(configs[d], manualSeed=seed, out_dir=str(cell_dir.resolve()), select="test",
+                                      seeds="")
+            check_same_settings(cell_dir, cfg)
+            cells.append(Cell(d, seed, cfg, cell_dir))
+    return cells, table_dir, cells_root
+
+
+def check_same_settings(cell_dir: Path, cfg: Config) -> None:
+    """A cell folder holds runs of one set of settings: refuse to mix in others (an edited script)."""
+    path = cell_dir / "cell.json"
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text())["settings"]
+    now = cell_settings(cfg)
+    defaults = dataclasses.asdict(Config())
+    diff = [k for k in sorted(set(saved) | set(now)) if saved.get(k, defaults.get(k)) != now.get(k, defaults.get(k))]
+    if diff:
+        k = diff[0]
+        raise ConfigError(f"{cell_dir} was run with {k}={saved.get(k, defaults.get(k))!r}, this command has "
+                          f"{k}={now.get(k, defaults.get(k))!r} (train_{cfg.dataset}.py changed?): remove that "
+                          f"folder, or pass another --out_dir")
+
+
+# ----------------------------------------------------------------------------- one cell (the job)
+
+def run_cell(dataset: str, seed: int, overrides: list[str], cell_dir: str, resume: bool = True,
+             threads: int = 0, token: str = "") -> dict:
+    """One (dataset, seed) cell, in the job's process: the validation run, then the test run.
+
+    Returns the cell's record (also cell_dir/result.json, written last and atomically). A run
+    of this cell that was killed continues from its last.pt (resume=True) or starts again.
+    Bad data or a non-finite loss come back as {"error": line, "exit_code": 2 or 3}.
+    """
+    import torch
+
+    import report
+    import runs
+    import util
+    if threads:
+        torch.set_num_threads(threads)
+    started, folder = time.time(), Path(cell_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = open(folder / ".lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return {"error": f"{folder}: another job is running this cell now", "exit_code": 2}
+    try:
+        if (folder / "result.json").is_file():
+            return json.loads((folder / "result.json").read_text())
+        cfg = parse_overrides(script_config(dataset), overrides)
+        cfg = dataclasses.replace(cfg, manualSeed=seed, out_dir=str(folder), select="test", seeds="")
+        host = socket.gethostname()
+        _atomic_json(folder / "cell.json", {"dataset": dataset, "seed": seed, "overrides": overrides,
+                                            "settings": cell_settings(cfg)})
+        _atomic_json(folder / "started.json", {"token": token, "host": host, "pid": os.getpid(),
+                                               "job_id": os.environ.get("SLURM_JOB_ID", ""), "time": time.time()})
+        phases = {}
+        val, phases["validation"] = _run_phase(dataclasses.replace(cfg, validation=True, save_synthetic=""), resume)
+        test, phases["test"] = _run_phase(dataclasses.replace(cfg, validation=False), resume)
+        if "paper" in val and "paper" in test:  # --select=val's rule, as train.run_protocol applies it
+            rows = lambda s: runs.read_jsonl(Path(s["run_dir"]) / "metrics.jsonl")
+            test["val"] = report.choose_on_validation(rows(val), val["total_iterations"], rows(test),
+                                                      test["total_iterations"])
+            test["validation_run_dir"] = val["run_dir"]
+        device = runs.resolve_device(cfg.device)
+        result = {"dataset": dataset, "seed": seed, "summary": test, "phases": phases,
+                  "wall_seconds": round(time.time() - started, 1), "device": describe_device(device, torch),
+                  "host": host, "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        _atomic_json(folder / "result.json", result)
+        return result
+    except (ConfigError, util.DataError) as exc:
+        return {"error": str(exc), "exit_code": 2}
+    except runs.NonFiniteError as exc:
+        return {"error": str(exc), "exit_code": 3}
+    finally:
+        lock.close()
+
+
+def _run_phase(cfg: Config, resume: bool) -> tuple[dict, str]:
+    """The run of this phase (validation or test split): read if finished, else resumed or started."""
+    import train
+    parent = Path(cfg.out_dir) / cfg.dataset
+    mine = []
+    for run_dir in parent.iterdir() if parent.is_dir() else ():
+        path = run_dir / "config.json"
+        if path.is_file() and json.loads(path.read_text()).get("validation") == cfg.validation:
+            mine.append(run_dir)
+    mine.sort(key=lambda p: (p.name.split("-")[:2], int(p.name.split("-")[2]) if p.name.count("-") == 2 else 0))
+    if mine:
+        latest = mine[-1]
+        if (latest / "summary.json").is_file():
+            return json.loads((latest / "summary.json").read_text()), "done earlier"
+        if resume and (latest / "last.pt").is_file():
+            return train.resume(cfg, [f"--resume={latest}", f"--device={cfg.device}", "--quiet"]), "resumed"
+    return train.run(cfg), "run"
+
+
+def describe_device(device, torch) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    threads = torch.get_num_threads()
+    return f"cpu ({cpu_model()}, {threads} thread{'s' if threads > 1 else ''})"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _atomic_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- running the cells
+
+def make_executor(opts: ReproduceOptions, folder: Path, any_cuda: bool):
+    import submitit
+    if opts.executor == "slurm":
+        ex = submitit.SlurmExecutor(folder=folder)
+        params = dict(time=opts.slurm_time, cpus_per_task=opts.slurm_cpus_per_task, ntasks_per_node=1,
+                      gpus_per_node=opts.slurm_gpus_per_job if any_cuda else 0,
+                      setup=[s.strip() for s in opts.slurm_setup.split(";") if s.strip()])
+        for key in ("partition", "account", "qos"):
+            if getattr(opts, f"slurm_{key}"):
+                params[key] = getattr(opts, f"slurm_{key}")
+        if opts.slurm_mem_gb:
+            params["mem"] = f"{opts.slurm_mem_gb}GB"
+        ex.update_parameters(**params)
+        return ex
+    ex = submitit.LocalExecutor(folder=folder)
+    ex.update_parameters(timeout_min=60 * 24 * 365)  # no limit (submitit's default is 2 minutes)
+    return ex
+
+
+def local_gpus() -> list[int]:
+    """The GPU ids a local cell may be given (submitit sets CUDA_VISIBLE_DEVICES per job)."""
+    import torch
+    if not torch.cuda.is_available():
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        try:
+            return [int(x) for x in visible.split(",")]
+        except ValueError:
+            pass
+    return list(range(torch.cuda.device_count()))
+
+
+def fmt_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+class Progress:
+    """The ETA of the cells not finished yet, from the wall times of finished ones."""
+
+    def __init__(self, n_total: int, concurrency: int):
+        self.n_total, self.concurrency, self.durations = n_total, max(1, concurrency), []
+        self.finished = 0
+
+    def eta(self, pending: int, running_elapsed: list[float]) -> str:
+        left = pending + len(running_elapsed)
+        if not left:
+            return "none left"
+        if not self.durations:
+            return f"{left} left, ETA after the first cell finishes"
+        mean = sum(self.durations) / len(self.durations)
+        work = pending * mean + sum(max(mean - e, 0.0) for e in running_elapsed)
+        seconds = work / min(self.concurrency, left)
+        at = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=seconds)).strftime("%H:%M UTC")
+        return f"{left} left, ETA {fmt_duration(seconds)} (~{at})"
+
+
+def run_cells(cells: list[Cell], opts: ReproduceOptions, overrides: list[str], jobs_dir: Path) -> tuple[dict, list]:
+    """Results of every cell: read when finished earlier, else run as submitit jobs. Returns
+    ({(dataset, seed): result}, [failure lines])."""
+    results, failures, todo = {}, [], []
+    n = len(cells)
+    for i, cell in enumerate(cells, 1):
+        path = cell.dir / "result.json"
+        if path.is_file():
+            results[(cell.dataset, cell.seed)] = r = json.loads(path.read_text())
+            say(f"[{i}/{n} done] {cell.label}: finished earlier ({fmt_duration(r['wall_seconds'])}), read from {cell.dir}")
+        else:
+            todo.append(cell)
+    if not todo:
+        return results, failures
+    any_cuda = any(c.cfg.device != "cpu" for c in todo)
+    gpus = local_gpus() if opts.executor == "local" and any_cuda else []
+    limit = opts.parallel or (1 if opts.executor == "local" else len(todo))
+    threads = 0
+    if opts.executor == "slurm":
+        threads = opts.slurm_cpus_per_task
+    elif limit > 1 and "OMP_NUM_THREADS" not in os.environ:
+        threads = max(1, (os.cpu_count() or 1) // limit)
+    # The jobs import this file and the project's modules: from ROOT, wherever the command was started.
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    share_synthetic_data(todo)
+    executor = make_executor(opts, jobs_dir, any_cuda)
+    import reproduce  # the job function by reference (not by value from __main__)
+    progress = Progress(n, limit)
+    progress.durations = [r["wall_seconds"] for r in results.values() if "resumed" not in r["phases"].values()]
+    pending, running, done_count = list(todo), {}, n - len(todo)
+    free_slots = list(range(limit))
+    try:
+        while pending or running:
+            while pending and len(running) < limit:
+                cell = pending.pop(0)
+                slot = free_slots.pop(0)
+                if opts.executor == "local":
+                    executor.update_parameters(gpus_per_node=1 if gpus else 0,
+                                               visible_gpus=[gpus[slot % len(gpus)]] if gpus else [])
+                else:
+                    executor.update_parameters(job_name=f"gsmflow-{cell.dataset}-seed{cell.seed}")
+                token = uuid.uuid4().hex
+                job = executor.submit(reproduce.run_cell, cell.dataset, cell.seed, overrides, str(cell.dir.resolve()),
+                                      opts.resume, threads, token)
+                running[job.job_id] = dict(job=job, cell=cell, slot=slot, token=token, started=None,
+                                           submitted=time.time())
+                if opts.executor == "local":
+                    running[job.job_id]["started"] = time.time()
+                    say(f"[start] {cell.label} (pid {job.job_id}, log {job.paths.stdout}); "
+                        f"{progress.eta(len(pending), [0.0] * len(running))}")
+                else:
+                    say(f"[queue] {cell.label}: SLURM job {job.job_id} (log {job.paths.stdout})")
+            time.sleep(POLL_SECONDS[opts.executor])
+            now = time.time()
+            for job_id, entry in list(running.items()):
+                job, cell = entry["job"], entry["cell"]
+                if entry["started"] is None and _started_token(cell.dir) == entry["token"]:
+                    entry["started"] = now
+                    info = json.loads((cell.dir / "started.json").read_text())
+                    say(f"[start] {cell.label} on {info['host']} (SLURM job {job_id}); "
+                        f"{progress.eta(len(pending), [now - (e['started'] or now) for e in running.values()])}")
+                if not job.done():
+                    continue
+                del running[job_id]
+                free_slots.append(entry["slot"])
+                done_count += 1
+                try:
+                    result = job.result()
+                except Exception as exc:  # a crash in the job: its traceback is in the job's log
+                    lines = [l for l in str(exc).strip().splitlines() if l.strip()]
+                    result = {"error": f"{lines[-1] if lines else type(exc).__name__} (log: {job.paths.stderr})",
+                              "exit_code": 2}
+                elapsed = now - (entry["started"] or entry["submitted"])
+                running_elapsed = [now - (e["started"] or now) for e in running.values()]
+                if "error" in result:
+                    failures.append((cell, result))
+                    say(f"[{done_count}/{n} done] {cell.label}: FAILED after {fmt_duration(elapsed)}: {result['error']}; "
+                        f"{progress.eta(len(pending), running_elapsed)}")
+                    continue
+                results[(cell.dataset, cell.seed)] = result
+                if "resumed" not in result["phases"].values():
+                    progress.durations.append(result["wall_seconds"])
+                s = result["summary"]
+                scores = ", ".join(f"{rule} H {s[rule]['H']:.2f}" for rule in RULES if rule in s)
+                resumed = " (resumed)" if "resumed" in result["phases"].values() else ""
+                say(f"[{done_count}/{n} done] {cell.label}: finished in {fmt_duration(result['wall_seconds'])}{resumed} "
+                    f"on {result['device']}: {scores or 'no evaluation ran'}; "
+                    f"{progress.eta(len(pending), running_elapsed)}")
+    except KeyboardInterrupt:
+        for entry in running.values():
+            entry["job"].cancel(check=False)
+        raise
+    return results, failures
+
+
+def share_synthetic_data(cells: list[Cell]) -> None:
+    """--synthetic: generate each stand-in once, next to the cells, and link every cell to it
+    (a run reads <out_dir>/synthetic_data; the cells' out_dir is their own folder)."""
+    import synthetic
+    for cell in cells:
+        if not cell.cfg.synthetic:
+            continue
+        shared = cell.dir.parent / "synthetic_data"
+        synthetic.ensure_benchmark(shared, cell.dataset)
+        cell.dir.mkdir(parents=True, exist_ok=True)
+        link = cell.dir / "synthetic_data"
+        if not link.exists():
+            link.symlink_to(Path("..") / "synthetic_data", target_is_directory=True)
+
+
+def _started_token(cell_dir: Path) -> str:
+    try:
+        return json.loads((cell_dir / "started.json").read_text()).get("token", "")
+    except (OSError, ValueError):
+        return ""
+
+
+# ----------------------------------------------------------------------------- the table
+
+def table_rows(cells: list[Cell], results: dict) -> list[dict]:
+    """One row per dataset and rule: mean +- std over the dataset's finished cells (report.seed_table)."""
+    import report
+    rows = []
+    for dataset in dict.fromkeys(c.dataset for c in cells):
+        seeds = [c.seed for c in cells if c.dataset == dataset]
+        done = [results[(dataset, s)] for s in seeds if (dataset, s) in results]
+        table = report.seed_table([r["summary"] for r in done]) if done else {}
+        walls = [r["wall_seconds"] for r in done]
+        devices = sorted({r["device"] for r in done})
+        for rule in RULES:
+            if rule not in table:
+                continue
+            rows.append({"dataset": dataset, "rule": rule, "n_seeds": len(done), "of_seeds": len(seeds),
+                         "seeds": ",".join(str(r["seed"]) for r in done), **table[rule],
+                         "wall_seconds_per_cell": round(sum(walls) / len(walls), 1),
+                         "resumed_cells": sum("resumed" in r["phases"].values() for r in done),
+                         "devices": "; ".join(devices)})
+    return rows
+
+
+def fmt_stat(stat, n: int) -> str:
+    if not stat:
+        return "–"
+    return f"{stat[0]:.2f} ± {stat[1]:.2f}" if n > 1 else f"{stat[0]:.2f}"  # no std from one seed
+
+
+def git_commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head or "unknown") + (" (with uncommitted changes)" if dirty else "")
+
+
+def write_table(table_dir: Path, cells: list[Cell], results: dict, command: str, synthetic: bool) -> list[Path]:
+    import report
+    table_dir.mkdir(parents=True, exist_ok=True)
+    rows = table_rows(cells, results)
+    published = {d: PUBLISHED[d] for d in dict.fromkeys(c.dataset for c in cells) if d in PUBLISHED}
+    seeds = ",".join(dict.fromkeys(str(c.seed) for c in cells))
+    header = ["dataset", "rule", "seeds", "ZSL T1", "GZSL U", "GZSL S", "GZSL H", "wall time per cell", "device"]
+    if published and not synthetic:
+        header.append("published T1 / U / S / H")
+    lines = [f"# GSMFlow: {table_dir.name}", "",
+             f"Command: `{command}`  ", f"Commit: {git_commit()}  ",
+             f"Written: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}  ",
+             f"Data: {'SYNTHETIC stand-in (synthetic.py): NOT benchmark numbers' if synthetic else 'the benchmark files'}",
+             "", f"Mean ± std (sample std, ddof=1) over seeds {seeds}; percentages. "
+             "`seeds` counts the finished cells.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        first = r["rule"] == "paper" or not any(x["dataset"] == r["dataset"] and x["rule"] == "paper" for x in rows)
+        wall = fmt_duration(r["wall_seconds_per_cell"]) + (f" ({r['resumed_cells']} resumed)" if r["resumed_cells"] else "")
+        cols = [r["dataset"] if first else "", RULE_NAMES[r["rule"]], f"{r['n_seeds']}/{r['of_seeds']}",
+                *(fmt_stat(r.get(m), r["n_seeds"]) for m in METRICS), wall, r["devices"]]
+        if len(header) > len(cols):
+            p = published.get(r["dataset"])
+            cols.append(" / ".join(f"{p[m]:.1f}" for m in METRICS) + f" ([source]({p['source']}))"
+                        if p and r["rule"] == "paper" else "")
+        lines.append("| " + " | ".join(cols) + " |")
+    lines += ["", "Rules:", *(f"- {text}." for text in (report.PAPER_RULE, report.VAL_RULE, report.LAST_RULE)), ""]
+    for dataset in dict.fromkeys(c.dataset for c in cells):
+        done = [results[(c.dataset, c.seed)] for c in cells if c.dataset == dataset and (c.dataset, c.seed) in results]
+        for rule in RULES:
+            lacking = [r for r in done if rule not in r["summary"]]
+            if lacking:
+                why = ("its validation run made no evaluation (no iteration above --eval_start is a multiple of "
+                       "--evl_interval on the smaller validation split)" if rule == "val" and all("paper" in r["summary"]
+                       for r in lacking) else "no evaluation ran")
+                lines.append(f"No {RULE_NAMES[rule]} row for {dataset}: in {len(lacking)} of {len(done)} cells {why}.  ")
+    lines.append("")
+    if synthetic:
+        lines.append("Published numbers: not compared; these runs are on generated stand-in data.")
+    elif not published:
+        lines.append("Published numbers: not shown. Neither authors' README "
+                     "(https://github.com/uqzhichen/GSMFlow, https://github.com/uqzhichen/GSMFlow_TMM) states them, "
+                     "and no table of the paper could be checked when this script was written (reproduce.PUBLISHED).")
+    lines += ["", "## Cells", "", "| dataset | seed | ZSL T1 (paper) | H (paper) | H (val) | H (last) | wall time | device | host | cell |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in cells:
+        r = results.get((c.dataset, c.seed))
+        if r is None:
+            lines.append(f"| {c.dataset} | {c.seed} | not finished | | | | | | | `{c.dir}` |")
+            continue
+        s = r["summary"]
+        get = lambda rule, m: f"{s[rule][m]:.2f}" if rule in s and m in s[rule] else "–"
+        wall = fmt_duration(r["wall_seconds"]) + (" (resumed)" if "resumed" in r["phases"].values() else "")
+        lines.append(f"| {c.dataset} | {c.seed} | {get('paper', 'T1')} | {get('paper', 'H')} | {get('val', 'H')} | "
+                     f"{get('last', 'H')} | {wall} | {r['device']} | {r['host']} | `{c.dir}` |")
+    written = [table_dir / "table.md", table_dir / "table.csv", table_dir / "cells.csv", table_dir / "table.png"]
+    _atomic_text(written[0], "\n".join(lines) + "\n")
+    _write_csv(written[1], [{"dataset": r["dataset"], "rule": r["rule"], "n_seeds": r["n_seeds"], "seeds": r["seeds"],
+                             **{f"{m}_{k}": (round(r[m][i], 4) if m in r else "") for m in METRICS
+                                for i, k in enumerate(("mean", "std"))},
+                             "wall_seconds_per_cell": r["wall_seconds_per_cell"], "device": r["devices"],
+                             "synthetic": synthetic} for r in rows])
+    cell_rows = []
+    for c in cells:
+        r = results.get((c.dataset, c.seed))
+        row = {"dataset": c.dataset, "seed": c.seed, "finished": r is not None}
+        for rule in RULES:
+            for m in METRICS:
+                row[f"{rule}_{m}"] = round(r["summary"][rule][m], 4) if r and m in r["summary"].get(rule, {}) else ""
+        row.update(wall_seconds=r["wall_seconds"] if r else "", resumed="resumed" in r["phases"].values() if r else "",
+                   device=r["device"] if r else "", host=r["host"] if r else "", cell_dir=str(c.dir))
+        cell_rows.append(row)
+    _write_csv(written[2], cell_rows)
+    plot_h(written[3], rows, table_dir.name, synthetic)
+    return written
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        if rows:
+            out = csv.DictWriter(f, fieldnames=list(rows[0]))
+            out.writeheader()
+            out.writerows(rows)
+    os.replace(tmp, path)
+
+
+def plot_h(path: Path, rows: list[dict], title: str, synthetic: bool) -> None:
+    """GZSL H per dataset, one bar per rule, error bars = std over seeds."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 + 1.9 * len(datasets)), 4.6))
+    width, colors = 0.26, {"paper": "tab:red", "val": "tab:blue", "last": "tab:gray"}
+    top = 0.0
+    for k, rule in enumerate(RULES):
+        xs, means, stds = [], [], []
+        for i, d in enumerate(datasets):
+            r = next((x for x in rows if x["dataset"] == d and x["rule"] == rule), None)
+            if r and "H" in r:
+                xs.append(i + (k - 1) * width)
+                means.append(r["H"][0])
+                stds.append(r["H"][1])
+        if xs:
+            ax.bar(xs, means, width, yerr=stds, capsize=3, color=colors[rule], label=RULE_NAMES[rule],
+                   error_kw={"elinewidth": 1})
+            for x, m, s in zip(xs, means, stds):
+                ax.text(x, m + s + 0.8, f"{m:.1f}", ha="center", va="bottom", fontsize=7)
+                top = max(top, m + s)
+        for d in datasets:
+            p = PUBLISHED.get(d)
+            if p and not synthetic and rule == "paper":
+                i = datasets.index(d)
+                ax.plot([i - 1.5 * width, i + 1.5 * width], [p["H"]] * 2, "k--", lw=1)
+    ax.set_xticks(range(len(datasets)), datasets)
+    ax.set_ylabel("GZSL H (%)")
+    ax.set_ylim(0, max(10.0, top * 1.15 + 2))
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=3, frameon=False)
+    ax.set_title(title + ("\nSYNTHETIC stand-in data: not benchmark numbers" if synthetic else "")
+                 + "\nGZSL H, mean ± std over seeds (the paper protocol selects on the TEST set)", fontsize=9)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    from matfiles import DataError  # light: numpy and scipy.io (--help stays fast; torch loads later)
+
+    def fail(message: str, code: int = 2):
+        import runs
+        runs.fail(message, code)
+
+    try:
+        datasets, opts, overrides = parse_command(argv)
+        cells, table_dir, cells_root = make_plan(datasets, opts, overrides)
+        synthetic = cells[0].cfg.synthetic
+        say(f"{len(cells)} cells: {', '.join(datasets)} x seeds {opts.seeds}; cells in {cells_root}, "
+            f"table in {table_dir}; executor {opts.executor}")
+        t0 = time.time()
+        results, failures = run_cells(cells, opts, overrides, table_dir / "jobs")
+        command = "python reproduce.py " + " ".join(argv)
+        written = write_table(table_dir, cells, results, command.strip(), synthetic)
+        say(f"written: {', '.join(str(p) for p in written)} ({fmt_duration(time.time() - t0)})")
+        if failures:
+            code = max(r["exit_code"] for _, r in failures)
+            listed = "; ".join(f"{c.label}: {r['error']}" for c, r in failures)
+            fail(f"{len(failures)} of {len(cells)} cells failed ({listed}); the table holds the others. "
+                 f"Run the same command again to retry them", code=code)
+        return {"table_dir": str(table_dir), "results": results}
+    except (ConfigError, DataError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        print("\ninterrupted: running cells cancelled; run the same command again to continue them", file=sys.stderr)
+        raise SystemExit(130)
+
+
+if __name__ == "__main__":
+    main()
