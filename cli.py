@@ -198,8 +198,8 @@ def add_options(parser: argparse.ArgumentParser, cls, defaults=None, groups: dic
     groups = {} if groups is None else groups
     for f in dataclasses.fields(cls):
         meta = f.metadata
-        if "help" not in meta:
-            continue
+        if "help" not in meta or (meta.get("flag") or f"--{f.name}") in parser._option_string_actions:
+            continue  # not an option, or one an earlier class of this command already defines (its own wins)
         kind = types[f.name]
         default = getattr(defaults, f.name) if defaults is not None else (
             f.default if f.default is not MISSING else f.default_factory())

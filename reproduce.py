@@ -25,7 +25,6 @@ only rebuilds the table.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import datetime
@@ -43,10 +42,14 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from config import BENCHMARKS, Config, ConfigError, field_types, parse_args, parse_overrides
+import cli
+import config
+from fileio import atomic_text, atomic_write
+import train
+from cli import ConfigError, opt
+from config import BENCHMARKS, Config, parse_args, parse_overrides, seed_list
 
 ROOT = Path(__file__).resolve().parent
-DEFAULT_VARIANT = "mm21"
 RULES = ("paper", "val", "last")
 RULE_NAMES = {"paper": "paper protocol", "val": "val", "last": "last"}
 METRICS = ("T1", "U", "S", "H")
@@ -68,26 +71,28 @@ NOT_FOR_REPRODUCE = {
 }
 # Options that say where or how a cell runs, not what it computes: not part of a cell's
 # settings (tune.py's MACHINE_LOCAL, plus what reproduce.py sets per cell).
-MACHINE_LOCAL = ("dataroot", "out_dir", "device", "quiet", "disp_interval", "synth_chunk", "keep_freed_memory",
-                 "select", "validation", "seeds", "resume", "eval_only", "save_synthetic", "manualSeed")
+MACHINE_LOCAL = (*config.MACHINE_LOCAL, "validation", "manualSeed")
 POLL_SECONDS = {"local": 0.5, "slurm": 2.0}  # how often the driver looks at its jobs
 
 
 @dataclass
 class ReproduceOptions:
-    seeds: str = field(default="6152,1,2", metadata={"help": "comma-separated training seeds; one cell per dataset and seed"})
-    executor: str = field(default="local", metadata={"help": "local: cells as subprocesses on this machine | slurm: one SLURM job per cell"})
-    parallel: int = field(default=0, metadata={"help": "cells at once (0: 1 with local, all with slurm)"})
-    name: str = field(default="", metadata={"help": "table folder under <out_dir>/reproduce/ (default: from the command; docs/reproduce.md)"})
-    resume: bool = field(default=True, metadata={"help": "continue a killed cell from its last checkpoint (false: start it again)"})
-    slurm_partition: str = field(default="", metadata={"help": "SLURM partition (default: the cluster's)"})
-    slurm_gpus_per_job: int = field(default=1, metadata={"help": "GPUs per cell job"})
-    slurm_cpus_per_task: int = field(default=8, metadata={"help": "CPU cores per cell job (also its torch threads)"})
-    slurm_mem_gb: int = field(default=0, metadata={"help": "memory per cell job in GB (0: the partition's default)"})
-    slurm_time: int = field(default=4320, metadata={"help": "time limit per cell job, minutes"})
-    slurm_account: str = field(default="", metadata={"help": "SLURM account"})
-    slurm_qos: str = field(default="", metadata={"help": "SLURM QOS"})
-    slurm_setup: str = field(default="", metadata={"help": "shell lines run before each job, separated by ';' (e.g. module load cuda)"})
+    datasets: list[str] = opt([], f"any of {', '.join(BENCHMARKS)} (default: all of them)", positional=True,
+                              dataset=True, choices=tuple(BENCHMARKS))
+    seeds: str = opt("6152,1,2", "comma-separated training seeds; one cell per dataset and seed")
+    executor: str = opt("local", "local: cells as subprocesses on this machine | slurm: one SLURM job per cell",
+                        choices=("local", "slurm"))
+    parallel: int = opt(0, "cells at once (0: 1 with local, all with slurm)", low=0)
+    name: str = opt("", "table folder under <out_dir>/reproduce/ (default: from the command; docs/reproduce.md)")
+    resume: bool = opt(True, "continue a killed cell from its last checkpoint (false: start it again)")
+    slurm_partition: str = opt("", "SLURM partition (default: the cluster's)")
+    slurm_gpus_per_job: int = opt(1, "GPUs per cell job", low=0)
+    slurm_cpus_per_task: int = opt(8, "CPU cores per cell job (also its torch threads)", low=1)
+    slurm_mem_gb: int = opt(0, "memory per cell job in GB (0: the partition's default)", low=0)
+    slurm_time: int = opt(4320, "time limit per cell job, minutes", low=1)
+    slurm_account: str = opt("", "SLURM account")
+    slurm_qos: str = opt("", "SLURM QOS")
+    slurm_setup: str = opt("", "shell lines run before each job, separated by ';' (e.g. module load cuda)")
 
 
 @dataclass
@@ -104,82 +109,28 @@ class Cell:
 
 # ----------------------------------------------------------------------------- command line
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2, like every script of the project
-        raise ConfigError(message)
-
-
-def _bool(text: str) -> bool:
-    low = text.lower()
-    if low in ("1", "true", "yes"):
-        return True
-    if low in ("0", "false", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def scripts() -> list[str]:
-    return sorted(p.stem[len("train_"):] for p in ROOT.glob("train_*.py"))
-
-
 def parse_command(argv: list[str]) -> tuple[list[str], ReproduceOptions, list[str]]:
     """DATASETs, reproduce.py's own options, and the --key=value Config overrides for every cell."""
-    own = {f.name: f for f in dataclasses.fields(ReproduceOptions)}
-    types = field_types()
-    parser = _Parser(prog="reproduce.py",
-                     description="The paper's table: every (dataset, seed) cell with train_<DATASET>.py's settings, "
-                                 "then mean +- std per rule. Any train-script option --key=value applies to every cell.",
-                     epilog="Train-script options (config.py), each applied to every cell: "
-                            + ", ".join(f"--{k}" for k in types if k not in own and k not in NOT_FOR_REPRODUCE)
-                            + ". Not for reproduce.py: " + ", ".join(f"--{k}" for k in NOT_FOR_REPRODUCE) + ".")
-    parser.add_argument("datasets", nargs="*", metavar="DATASET", help=f"any of {', '.join(scripts())} (default: all of {' '.join(BENCHMARKS)})")
-    for name, f in own.items():
-        kind = f.type if isinstance(f.type, type) else {"str": str, "int": int, "bool": bool}[f.type]
-        shown = f" (default: {f.default})" if f.default not in ("", None) else ""
-        parser.add_argument(f"--{name}", type=_bool if kind is bool else kind, default=f.default,
-                            metavar="BOOL" if kind is bool else kind.__name__.upper(), help=f.metadata["help"] + shown, **({"nargs": "?", "const": True} if kind is bool else {}))
-    mine, overrides, args = [], [], list(argv)
-    while args:  # split: own options and datasets to argparse, the rest to config.parse_args
-        arg = args.pop(0)
-        key, has_value, _ = arg[2:].partition("=") if arg.startswith("--") else ("", False, "")
-        if arg.startswith("-") and (key in own or arg in ("-h", "--help")):
-            mine.append(arg)
-            if not has_value and key in own and own[key].type not in (bool, "bool") and args:
-                mine.append(args.pop(0))  # --parallel 2
-        elif arg.startswith("--"):
-            overrides.append(arg)
-            if not has_value and types.get(key) not in (bool, None) and args and not args[0].startswith("--"):
-                overrides.append(args.pop(0))  # --nSample 1000, as train scripts take it
-        else:
-            mine.append(arg)
-    ns = parser.parse_args(mine)
-    opts = ReproduceOptions(**{k: getattr(ns, k) for k in own})
-    datasets = list(dict.fromkeys(ns.datasets)) or list(BENCHMARKS)
-    for name in datasets:
-        if name not in scripts():
-            raise ConfigError(f"unknown dataset {name!r}: no train_{name}.py (known: {', '.join(scripts())})")
-    try:
-        seeds = [int(s) for s in opts.seeds.split(",")]
-    except ValueError:
-        raise ConfigError(f"option --seeds: expected comma-separated integers, got {opts.seeds!r}") from None
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"option --seeds: a seed is listed twice in {opts.seeds!r}")
-    if opts.executor not in ("local", "slurm"):
-        raise ConfigError(f"option --executor: {opts.executor!r} is not one of local, slurm")
-    for key in ("parallel", "slurm_gpus_per_job", "slurm_mem_gb"):
-        if getattr(opts, key) < 0:
-            raise ConfigError(f"option --{key}: must be >= 0, got {getattr(opts, key)}")
-    for key in ("slurm_cpus_per_task", "slurm_time"):
-        if getattr(opts, key) < 1:
-            raise ConfigError(f"option --{key}: must be > 0, got {getattr(opts, key)}")
+    own = {f.name for f in dataclasses.fields(ReproduceOptions)}
+    parser = cli.parser_for(
+        "reproduce.py", __doc__, (ReproduceOptions, None), (Config, None),
+        epilog="Train-script options (config.py; the defaults shown are Config's, each dataset's script sets its "
+               "own) apply to every cell. Not for reproduce.py: " + ", ".join(f"--{k}" for k in NOT_FOR_REPRODUCE))
+    given = cli.parse(parser, argv)
+    opts = ReproduceOptions(**{k: v for k, v in given.items() if k in own})
+    explicit = {k: v for k, v in given.items() if k not in own}
     for key, why in NOT_FOR_REPRODUCE.items():
-        if key in parse_args(overrides):
+        if key in explicit:
             raise ConfigError(f"option --{key}: {why}")
-    return datasets, opts, overrides
+    seed_list(opts.seeds, "seeds")
+    datasets = list(dict.fromkeys(opts.datasets)) or list(BENCHMARKS)
+    return datasets, opts, [f"--{k}={v}" for k, v in explicit.items()]
 
 
-def script_config(dataset: str) -> Config:
-    return importlib.import_module(f"train_{dataset}").config
+def script_config(dataset: str, overrides: list[str]) -> Config:
+    """train_<DATASET>.py's settings, its TMM block with --variant=tmm (as the script itself takes it)."""
+    module = importlib.import_module(f"train_{dataset}")
+    return train.variant_defaults(module.config, overrides, getattr(module, "TMM", None))
 
 
 def short_hash(obj) -> str:
@@ -189,7 +140,7 @@ def short_hash(obj) -> str:
 def settings_name(overrides: list[str]) -> str:
     """<variant>[-synthetic][-<hash>]: what the cells compute, beyond the scripts' own settings."""
     given = parse_args(overrides)
-    variant = given.get("variant", getattr(Config(), "variant", DEFAULT_VARIANT))
+    variant = given.get("variant", Config().variant)
     rest = {k: v for k, v in given.items() if k not in MACHINE_LOCAL and k not in ("variant", "synthetic")}
     return (f"{variant}{'-synthetic' if given.get('synthetic') else ''}"
             + (f"-{short_hash(rest)}" if rest else ""))
@@ -207,14 +158,14 @@ def cell_settings(cfg: Config) -> dict:
 
 def make_plan(datasets: list[str], opts: ReproduceOptions, overrides: list[str]) -> tuple[list[Cell], Path, Path]:
     """Every cell's config (bad overrides fail here, before anything runs) and directory."""
-    configs = {d: parse_overrides(script_config(d), overrides) for d in datasets}
+    configs = {d: parse_overrides(script_config(d, overrides), overrides) for d in datasets}
     out_root = Path(configs[datasets[0]].out_dir) / "reproduce"
     settings = settings_name(overrides)
     cells_root = out_root / "cells" / settings
     table_dir = out_root / (opts.name or table_name(settings, datasets, opts.seeds))
     cells = []
     for d in datasets:
-        for seed in (int(s) for s in opts.seeds.split(",")):
+        for seed in seed_list(opts.seeds):
             cell_dir = cells_root / f"{d}-seed{seed}"
             cfg = dataclasses.replace(configs[d], manualSeed=seed, out_dir=str(cell_dir.resolve()), select="test",
                                       seeds="")
@@ -332,9 +283,7 @@ def cpu_model() -> str:
 
 
 def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------- running the cells
@@ -619,7 +568,7 @@ def write_table(table_dir: Path, cells: list[Cell], results: dict, command: str,
         lines.append(f"| {c.dataset} | {c.seed} | {get('paper', 'T1')} | {get('paper', 'H')} | {get('val', 'H')} | "
                      f"{get('last', 'H')} | {wall} | {r['device']} | {r['host']} | `{c.dir}` |")
     written = [table_dir / "table.md", table_dir / "table.csv", table_dir / "cells.csv", table_dir / "table.png"]
-    _atomic_text(written[0], "\n".join(lines) + "\n")
+    atomic_text(written[0], "\n".join(lines) + "\n")
     _write_csv(written[1], [{"dataset": r["dataset"], "rule": r["rule"], "n_seeds": r["n_seeds"], "seeds": r["seeds"],
                              **{f"{m}_{k}": (round(r[m][i], 4) if m in r else "") for m in METRICS
                                 for i, k in enumerate(("mean", "std"))},
@@ -640,20 +589,14 @@ def write_table(table_dir: Path, cells: list[Cell], results: dict, command: str,
     return written
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        if rows:
-            out = csv.DictWriter(f, fieldnames=list(rows[0]))
-            out.writeheader()
-            out.writerows(rows)
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            if rows:
+                out = csv.DictWriter(f, fieldnames=list(rows[0]))
+                out.writeheader()
+                out.writerows(rows)
+    atomic_write(path, write)
 
 
 def plot_h(path: Path, rows: list[dict], title: str, synthetic: bool) -> None:
@@ -692,44 +635,44 @@ def plot_h(path: Path, rows: list[dict], title: str, synthetic: bool) -> None:
     ax.set_title(title + ("\nSYNTHETIC stand-in data: not benchmark numbers" if synthetic else "")
                  + "\nGZSL H, mean ± std over seeds (the paper protocol selects on the TEST set)", fontsize=9)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- entry point
 
+class CellsFailed(cli.CommandError):
+    """Some cells failed: the table holds the others (exit 2, or 3 when a loss became non-finite)."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.exit_code = code
+
+
 def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else argv
-    from matfiles import DataError  # light: numpy and scipy.io (--help stays fast; torch loads later)
+    return cli.main_guard(reproduce, sys.argv[1:] if argv is None else argv)
 
-    def fail(message: str, code: int = 2):
-        import runs
-        runs.fail(message, code)
 
+def reproduce(argv: list[str]) -> dict:
+    datasets, opts, overrides = parse_command(argv)
+    cells, table_dir, cells_root = make_plan(datasets, opts, overrides)
+    synthetic = cells[0].cfg.synthetic
+    say(f"{len(cells)} cells: {', '.join(datasets)} x seeds {opts.seeds}; cells in {cells_root}, "
+        f"table in {table_dir}; executor {opts.executor}")
+    t0 = time.time()
     try:
-        datasets, opts, overrides = parse_command(argv)
-        cells, table_dir, cells_root = make_plan(datasets, opts, overrides)
-        synthetic = cells[0].cfg.synthetic
-        say(f"{len(cells)} cells: {', '.join(datasets)} x seeds {opts.seeds}; cells in {cells_root}, "
-            f"table in {table_dir}; executor {opts.executor}")
-        t0 = time.time()
         results, failures = run_cells(cells, opts, overrides, table_dir / "jobs")
-        command = "python reproduce.py " + " ".join(argv)
-        written = write_table(table_dir, cells, results, command.strip(), synthetic)
-        say(f"written: {', '.join(str(p) for p in written)} ({fmt_duration(time.time() - t0)})")
-        if failures:
-            code = max(r["exit_code"] for _, r in failures)
-            listed = "; ".join(f"{c.label}: {r['error']}" for c, r in failures)
-            fail(f"{len(failures)} of {len(cells)} cells failed ({listed}); the table holds the others. "
-                 f"Run the same command again to retry them", code=code)
-        return {"table_dir": str(table_dir), "results": results}
-    except (ConfigError, DataError) as exc:
-        fail(str(exc))
     except KeyboardInterrupt:
-        print("\ninterrupted: running cells cancelled; run the same command again to continue them", file=sys.stderr)
-        raise SystemExit(130)
+        print("\nrunning cells cancelled; run the same command again to continue them", file=sys.stderr)
+        raise
+    command = "python reproduce.py " + " ".join(argv)
+    written = write_table(table_dir, cells, results, command.strip(), synthetic)
+    say(f"written: {', '.join(str(p) for p in written)} ({fmt_duration(time.time() - t0)})")
+    if failures:
+        listed = "; ".join(f"{c.label}: {r['error']}" for c, r in failures)
+        raise CellsFailed(f"{len(failures)} of {len(cells)} cells failed ({listed}); the table holds the others. "
+                          f"Run the same command again to retry them", max(r["exit_code"] for _, r in failures))
+    return {"table_dir": str(table_dir), "results": results}
 
 
 if __name__ == "__main__":
