@@ -217,7 +217,7 @@ def run_cell(dataset: str, seed: int, overrides: list[str], cell_dir: str, resum
     try:
         if (folder / "result.json").is_file():
             return json.loads((folder / "result.json").read_text())
-        cfg = parse_overrides(script_config(dataset), overrides)
+        cfg = parse_overrides(script_config(dataset, overrides), overrides)
         cfg = dataclasses.replace(cfg, manualSeed=seed, out_dir=str(folder), select="test", seeds="")
         host = socket.gethostname()
         _atomic_json(folder / "cell.json", {"dataset": dataset, "seed": seed, "overrides": overrides,
