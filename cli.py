@@ -239,7 +239,13 @@ def parser_for(prog: str, description: str, *specs, epilog: str | None = None) -
 
 def parse(parser: argparse.ArgumentParser, argv: list[str]) -> dict:
     """{name: value} of the options given; unknown ones are one-line errors (ConfigError)."""
-    namespace, extra = parser.parse_known_args(list(argv))
+    # A boolean alone is true, also before a positional (prepare --force AWA2): only a true/false
+    # word after it is its value. Intermixed: positionals may follow options (reproduce.py --synthetic AWA2).
+    flags = {s for a in parser._actions if a.const is True for s in a.option_strings}
+    argv = list(argv)
+    argv = [f"{a}=true" if a in flags and (i + 1 == len(argv) or argv[i + 1].lower() not in TRUE + FALSE) else a
+            for i, a in enumerate(argv)]
+    namespace, extra = parser.parse_known_intermixed_args(argv)
     if extra:
         bad = extra[0]
         if not bad.startswith("-"):

@@ -170,3 +170,15 @@ def test_benchmark_counts_live_in_one_table():
         if dataset_dict.search(text):
             offenders.append(f"{path.relative_to(ROOT)}: a per-dataset table {dataset_dict.search(text).group(0)}")
     assert not offenders, offenders
+
+
+def test_a_boolean_before_a_positional_stays_a_flag_and_positionals_may_follow_options():
+    @dataclasses.dataclass
+    class Options:
+        names: list[str] = opt([], "positional names", positional=True)
+        force: bool = opt(False, "a flag")
+        retries: int = opt(3, "a number", low=0)
+    parser = cli.parser_for("t", "", (Options, None))
+    assert cli.parse(parser, ["--force", "A", "B"]) == {"force": True, "names": ["A", "B"]}
+    assert cli.parse(parser, ["A", "--force", "no", "--retries", "1", "B"]) == {"names": ["A", "B"], "force": False,
+                                                                             "retries": 1}

@@ -25,6 +25,12 @@ TINY = ["--synthetic", "--device=cpu", "--gen_nepoch=3", "--eval_start=0", "--ev
         "--classifier_epochs=2", "--hidden_dim=64", "--num_coupling_layers=1"]
 
 
+def tiny(*changes: str) -> list[str]:
+    """TINY with some of its options changed (a key may not be given twice)."""
+    keys = {c.split("=")[0] for c in changes}
+    return [t for t in TINY if t.split("=")[0] not in keys] + list(changes)
+
+
 @pytest.fixture(autouse=True)
 def one_thread(monkeypatch):
     """The machine is shared: each cell's subprocess uses one thread (they inherit the environment)."""
@@ -88,8 +94,8 @@ def test_cells_run_as_subprocesses_then_a_second_run_only_rebuilds_the_table(tmp
 
 
 def test_a_killed_cell_continues_from_its_checkpoint(tmp_path, capsys):
-    argv = ["APY", "--seeds=1", f"--out_dir={tmp_path}", *TINY, "--gen_nepoch=10", "--evl_interval=4",
-            "--classifier_epochs=3"]
+    argv = ["APY", "--seeds=1", f"--out_dir={tmp_path}", *tiny("--gen_nepoch=10", "--evl_interval=4",
+                                                               "--classifier_epochs=3")]
     found = {}
 
     def kill_at_the_test_runs_first_checkpoint():
@@ -129,11 +135,11 @@ def test_a_killed_cell_continues_from_its_checkpoint(tmp_path, capsys):
 
 @pytest.mark.parametrize("extra,message", [
     (["--nosuch=1"], "unknown option --nosuch"),
-    (["--parallel=x"], "argument --parallel: invalid int value"),
-    (["--resume=maybe"], "argument --resume: expected true or false"),
+    (["--parallel=x"], "option --parallel: expected an integer, got 'x'"),
+    (["--resume=maybe"], "option --resume: expected true or false"),
     (["--seeds=1,a"], "option --seeds: expected comma-separated integers"),
     (["--executor=k8s"], "option --executor: 'k8s' is not one of local, slurm"),
-    (["XYZ"], "unknown dataset 'XYZ': no train_XYZ.py"),
+    (["XYZ"], "option DATASETS: 'XYZ' is not one of AWA2, APY, CUB, FLO"),
     (["--select=val"], "option --select: every cell reports all three rules"),
     (["--manualSeed=3"], "option --manualSeed: one cell per seed: use --seeds"),
     (["--gen_nepoch=0"], "option --gen_nepoch: must be > 0"),
@@ -163,7 +169,9 @@ def test_help_lists_every_option_and_exits_0():
     done = subprocess.run([sys.executable, str(ROOT / "reproduce.py"), "--help"], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
-    for name in [f.name for f in reproduce.dataclasses.fields(reproduce.ReproduceOptions)] + ["gen_nepoch", "device"]:
+    for f in reproduce.dataclasses.fields(reproduce.ReproduceOptions):
+        assert (f.name.upper() if f.metadata["positional"] else f"--{f.name}") in done.stdout
+    for name in ("gen_nepoch", "device", "variant"):
         assert f"--{name}" in done.stdout
 
 
