@@ -40,6 +40,7 @@ import config
 from benchmarks import canonical_name
 from cli import ConfigError, opt
 from config import NOT_FOR_TUNING, Config
+from fileio import atomic_text, atomic_write
 from report import choose_on_validation, print_seed_table
 from runs import NonFiniteError, read_jsonl
 from studies import (check_same_config, check_same_settings, exclusive, fingerprint, joiner_seed,  # noqa: F401
@@ -287,15 +288,17 @@ def settings_block(study: optuna.Study, cfg: Config, script: Config) -> str:
 
 def write_trials_csv(study: optuna.Study, path: Path) -> None:
     attrs = ("run_dir", "host", "iteration", "classifier_epoch", "origin", "error")
-    with open(path.with_suffix(".tmp"), "w", newline="") as f:
-        out = csv.writer(f)
-        out.writerow(["number", "state", "value", "seconds", "retry_of", *SPACE, *attrs])
-        for t in study.get_trials(deepcopy=False):
-            seconds = round(t.duration.total_seconds(), 1) if t.duration else ""
-            out.writerow([t.number, t.state.name, "" if t.value is None else t.value, seconds,
-                          t.system_attrs.get("failed_trial", ""), *(t.params.get(k, "") for k in SPACE),
-                          *(t.user_attrs.get(k, "") for k in attrs)])
-    path.with_suffix(".tmp").replace(path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["number", "state", "value", "seconds", "retry_of", *SPACE, *attrs])
+            for t in study.get_trials(deepcopy=False):
+                seconds = round(t.duration.total_seconds(), 1) if t.duration else ""
+                out.writerow([t.number, t.state.name, "" if t.value is None else t.value, seconds,
+                              t.system_attrs.get("failed_trial", ""), *(t.params.get(k, "") for k in SPACE),
+                              *(t.user_attrs.get(k, "") for k in attrs)])
+    atomic_write(path, write)
 
 
 def write_plots(study: optuna.Study, study_dir: Path) -> list[str]:
@@ -344,7 +347,7 @@ def final_runs(cfg: Config, best: dict, seeds: str, select: str, study_dir: Path
     print_seed_table(result["table"], f"{cfg.dataset}: settings selected on validation (study {best['study']}, trial "
                                       f"{best['best_trial']}), test split, mean +- std over seeds {seeds}")
     out = study_dir / f"final-trial{best['best_trial']}-seeds{seeds.replace(',', '_')}.json"
-    out.write_text(json.dumps({**best, "select": select, **result}, indent=2) + "\n")
+    atomic_text(out, json.dumps({**best, "select": select, **result}, indent=2) + "\n")
     print(f"written: {out}")
     return result
 
