@@ -18,10 +18,7 @@ skipped there, with the reason printed and recorded.
 """
 from __future__ import annotations
 
-import datetime
 import json
-import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -37,9 +34,11 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 import cli  # noqa: E402
+import config  # noqa: E402
 import fast  # noqa: E402
 import runs  # noqa: E402
 import train_AWA2  # noqa: E402
+from bench.environment import describe, environment  # noqa: E402
 from cli import opt  # noqa: E402
 
 VARIANTS = {"fp32": [], "bf16": ["--bf16"], "fused_adam": ["--fused_adam"], "tf32": ["--tf32"]}
@@ -53,45 +52,6 @@ class PrecisionOptions:
                         + " (tf32: CUDA only)")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N (passed to the runs unless auto)")
     out: str = opt("", "JSON output (default bench/results-precision-<device>.json)", path=True)
-
-
-def cpu_facts() -> dict:
-    """CPU model (lscpu) and the instruction-set flags that decide the precision paths."""
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    return dict(cpu_model=model, cpu_count=os.cpu_count(), avx2="avx2" in flags, avx512f="avx512f" in flags,
-                avx512_bf16="avx512_bf16" in flags, amx_bf16="amx_bf16" in flags,
-                onednn_bf16_kernels=not fast.slow_bf16_matmul(torch.device("cpu")))
-
-
-def git_commit() -> str:
-    def git(*a):
-        return subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return commit + ("+uncommitted changes" if dirty else "")
-
-
-def environment(device: torch.device, argv: list[str]) -> dict:
-    env = dict(command=shlex.join(["python", "-m", "bench.precision", *argv]),
-               date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-               commit=git_commit(), device=str(device), **cpu_facts(),
-               gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-               torch=torch.__version__, python=platform.python_version(),
-               OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS"), torch_threads=torch.get_num_threads())
-    return env
 
 
 def skip_reason(variant: str, device: torch.device) -> str | None:
@@ -151,23 +111,10 @@ def table(runs_: list[dict], variants: list[str], skipped: dict) -> str:
     return "\n".join(lines)
 
 
-def environment_lines(env: dict) -> str:
-    isa = ", ".join(f"{k} {'yes' if env[k] else 'no'}" for k in ("avx512f", "avx2", "avx512_bf16", "amx_bf16"))
-    where = env["gpu"] or f"{env['cpu_model']}, {env['cpu_count']} cores"
-    return (f"command: {env['command']}\ndate: {env['date']}; commit: {env['commit']}\n"
-            f"device: {env['device']} ({where}); CPU flags: {isa}; oneDNN bf16 kernels: "
-            f"{'yes' if env['onednn_bf16_kernels'] else 'no'}\n"
-            f"torch {env['torch']}, Python {env['python']}, OMP_NUM_THREADS={env['OMP_NUM_THREADS']}, "
-            f"{env['torch_threads']} torch threads")
-
-
 def precision(argv: list[str]) -> dict:
     args = PrecisionOptions(**cli.parse(cli.parser_for("python -m bench.precision", __doc__,
                                                        (PrecisionOptions, None)), argv))
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        raise cli.ConfigError(f"option --seeds={args.seeds}: expected integers separated by commas") from None
+    seeds = config.seed_list(args.seeds, "seeds")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     for v in variants:
         if v not in VARIANTS:
@@ -175,7 +122,7 @@ def precision(argv: list[str]) -> dict:
     if not seeds or not variants:
         raise cli.ConfigError("options --seeds and --variants need at least one value each")
     device = runs.resolve_device(args.device)
-    env = environment(device, argv)
+    env = environment(["python", "-m", "bench.precision", *argv], device)
     out = Path(args.out) if args.out else ROOT / "bench" / f"results-precision-{device.type}.json"
     skipped = {v: why for v in variants if (why := skip_reason(v, device))}
     for v, why in skipped.items():
@@ -202,7 +149,7 @@ def precision(argv: list[str]) -> dict:
           + "; wall time: each run's command, data generation included.")
     for v, why in skipped.items():
         print(f"skipped {v}: {why}")
-    print(environment_lines(env))
+    print(describe(env))
     print(f"written: {out}")
     if any("error" in r for r in results):
         raise SystemExit(1)
