@@ -42,14 +42,14 @@ def cpu_facts() -> dict:
 
 
 def git_commit() -> str:
-    """`git rev-parse --short HEAD`, marked when tracked files differ from it."""
+    """`git rev-parse --short HEAD`, marked when a tracked Python file differs from it."""
     def git(*a):
         try:
             return subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT).stdout.strip()
         except OSError:
             return ""
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    return commit + ("+uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+    return commit + ("+uncommitted changes" if git("status", "--porcelain", "--untracked-files=no", "--", "*.py") else "")
 
 
 def environment(command: list[str], device: torch.device) -> dict:
