@@ -1,7 +1,7 @@
 """Speed and memory of the GSMFlow protocol at AWA2 shapes, each against a bound measured in the same process.
 
-    python -m bench.bench                 # AWA2 sizes (several minutes on 2 CPU cores)
-    python -m bench.bench --quick         # smaller synthesis/classifier sizes (about a minute)
+    python -m bench.bench                 # AWA2 sizes (bench/README.md gives measured wall times)
+    python -m bench.bench --quick         # smaller synthesis/classifier sizes
     python -m bench.bench --device=cuda   # default: cuda when available, else cpu
     python -m bench.bench --out=FILE.json # default: bench/results-<device>[-quick].json
 
@@ -275,7 +275,9 @@ def projection(res: dict) -> dict:
     scale_zsl = AWA2["unseen"] * P["n_sample"] / ev["zsl"]["rows"]
     epochs = P["evaluations"] * P["classifier_epochs"]
     here = {"flow training": P["iterations"] * tr["time"],
-            "synthesis": syn_rows / sy["rows_per_s"],
+            # the evaluation stage's synthesis (the real Evaluator call, next to a Trainer), so that the
+            # projection's evaluations are exactly `evaluations` x the evaluation row's "with 30" figure
+            "synthesis": syn_rows * ev["synthesis"] / ev["n_synthetic"],
             "classifier": epochs * (scale_gzsl * ev["gzsl"]["time"] + scale_zsl * ev["zsl"]["time"])}
     flops = {"flow training": P["iterations"] * tr["flops"],
              "synthesis": syn_rows * syn_flop_per_row,
