@@ -323,7 +323,8 @@ def print_report(res: dict, rows: list[dict], proj: dict | None, env: dict) -> N
         ups = [f"{n} x{base / r['time']:.2f}" for n, r in res["train"].items() if n != "fp32"]
         if "synth" in res and "bf16" in res["synth"]:
             ups.append(f"synthesis bf16 x{res['synth']['fp32']['time'] / res['synth']['bf16']['time']:.2f}")
-        print("speed-up over fp32: " + ", ".join(ups))
+        if ups:
+            print("speed-up over fp32: " + ", ".join(ups))
     if proj:
         h = proj["here_seconds"]
         print(f"\nfull faithful AWA2 protocol ({PROTOCOL['iterations']:,} iterations, {PROTOCOL['evaluations']} evaluations "
