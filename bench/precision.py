@@ -88,12 +88,12 @@ def one_run(variant: str, seed: int, device_arg: str) -> dict:
     return rec
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], digits: int = 2) -> str:
     if not values:
         return "-"
     if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def table(runs_: list[dict], variants: list[str], skipped: dict) -> str:
@@ -106,7 +106,7 @@ def table(runs_: list[dict], variants: list[str], skipped: dict) -> str:
             continue
         ok = [r for r in runs_ if r["variant"] == v and "H" in r]
         lines.append(f"| {label} | {mean_std([r['H'] for r in ok])} | {mean_std([r['T1'] for r in ok])} | "
-                     f"{mean_std([r['H_last'] for r in ok])} | {mean_std([r['wall_seconds'] for r in ok]).replace('.00', '')} | "
+                     f"{mean_std([r['H_last'] for r in ok])} | {mean_std([r['wall_seconds'] for r in ok], 0)} | "
                      f"{len(ok)} |")
     return "\n".join(lines)
 
