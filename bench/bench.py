@@ -1,7 +1,7 @@
 """Speed and memory of the GSMFlow protocol at AWA2 shapes, each against a bound measured in the same process.
 
-    python -m bench.bench                 # AWA2 sizes (several minutes on 2 CPU cores)
-    python -m bench.bench --quick         # smaller synthesis/classifier sizes (about a minute)
+    python -m bench.bench                 # AWA2 sizes (bench/README.md gives measured wall times)
+    python -m bench.bench --quick         # smaller synthesis/classifier sizes
     python -m bench.bench --device=cuda   # default: cuda when available, else cpu
     python -m bench.bench --out=FILE.json # default: bench/results-<device>[-quick].json
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ import runs  # noqa: E402
 import train  # noqa: E402
 import train_AWA2  # noqa: E402
 import util  # noqa: E402
+from bench.environment import describe, environment as environment_record  # noqa: E402
 from bench.measure import (Replay, copy_bandwidth, peak_device_bytes, peak_rss_bytes, record, summarize,  # noqa: E402
                            sync, timed)
 from benchmarks import BENCHMARKS  # noqa: E402
@@ -275,7 +275,9 @@ def projection(res: dict) -> dict:
     scale_zsl = AWA2["unseen"] * P["n_sample"] / ev["zsl"]["rows"]
     epochs = P["evaluations"] * P["classifier_epochs"]
     here = {"flow training": P["iterations"] * tr["time"],
-            "synthesis": syn_rows / sy["rows_per_s"],
+            # the evaluation stage's synthesis (the real Evaluator call, next to a Trainer), so that the
+            # projection's evaluations are exactly `evaluations` x the evaluation row's "with 30" figure
+            "synthesis": syn_rows * ev["synthesis"] / ev["n_synthetic"],
             "classifier": epochs * (scale_gzsl * ev["gzsl"]["time"] + scale_zsl * ev["zsl"]["time"])}
     flops = {"flow training": P["iterations"] * tr["flops"],
              "synthesis": syn_rows * syn_flop_per_row,
@@ -315,12 +317,14 @@ def print_report(res: dict, rows: list[dict], proj: dict | None, env: dict) -> N
     print(f"\n{env['device_name']}; torch {env['torch']}, {env['threads']} threads; "
           f"{'quick' if env['quick'] else 'full'} sizes")
     print_rows(rows)
+    print(describe(env))
     if "fp32" in res.get("train", {}):
         base = res["train"]["fp32"]["time"]
         ups = [f"{n} x{base / r['time']:.2f}" for n, r in res["train"].items() if n != "fp32"]
         if "synth" in res and "bf16" in res["synth"]:
             ups.append(f"synthesis bf16 x{res['synth']['fp32']['time'] / res['synth']['bf16']['time']:.2f}")
-        print("speed-up over fp32: " + ", ".join(ups))
+        if ups:
+            print("speed-up over fp32: " + ", ".join(ups))
     if proj:
         h = proj["here_seconds"]
         print(f"\nfull faithful AWA2 protocol ({PROTOCOL['iterations']:,} iterations, {PROTOCOL['evaluations']} evaluations "
@@ -335,18 +339,12 @@ def print_report(res: dict, rows: list[dict], proj: dict | None, env: dict) -> N
                   + f"; total {sum(parts.values()) / 60:.1f} min (device work alone {g['device-only'] / 60:.1f} min)")
 
 
-def environment(device, quick) -> dict:
-    name = platform.processor()
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                name = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device) + f" (host: {name})"
-    return dict(device=str(device), device_name=f"{name}, {os.cpu_count()} cores" if device.type == "cpu" else name,
-                torch=torch.__version__, threads=torch.get_num_threads(), quick=quick, python=platform.python_version())
+def environment(device, quick, argv) -> dict:
+    """bench/environment.py's record (command, date, commit, CPU model and flags, bf16 kernels, GPU),
+    plus the fields this table prints."""
+    env = environment_record(["python", "-m", "bench.bench", *argv], device)
+    name = env["gpu"] + f" (host: {env['cpu_model']})" if device.type == "cuda" else f"{env['cpu_model']}, {os.cpu_count()} cores"
+    return dict(env, device_name=name, quick=quick)
 
 
 @dataclass
@@ -386,7 +384,7 @@ def bench(argv: list[str]) -> dict:
         print(RESULT_TAG + json.dumps(result), flush=True)
         return result
 
-    env = environment(device, args.quick)
+    env = environment(device, args.quick, argv)
     for name, why in skipped_variants(device).items():
         if name in args.variants:
             print(f"skipped variant {name}: {why}", flush=True)

@@ -24,7 +24,8 @@ def commands() -> list[list[str]]:
     """Every command a user runs (README), as argv after `python`."""
     scripts = [[p.name] for p in sorted(ROOT.glob("train*.py"))]
     others = [["tune.py"], ["plot.py"], ["synthetic.py"], ["-m", "data.prepare"], ["-m", "data.make_dataset"],
-              ["-m", "bench.bench"], ["-m", "bench.bench_mining"]]
+              ["-m", "bench.bench"], ["-m", "bench.bench_mining"], ["-m", "bench.precision"],
+              ["-m", "bench.expected_time"]]
     if (ROOT / "reproduce.py").exists():
         others.append(["reproduce.py"])
     return scripts + others

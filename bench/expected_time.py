@@ -1,0 +1,116 @@
+"""Expected time of each dataset's faithful run, projected from a bench run's AWA2 unit times.
+
+    python -m bench.expected_time                              # from bench/results-cpu.json
+    python -m bench.expected_time --results=bench/results-cuda.json
+
+`python -m bench.bench` measures, at AWA2's shapes, one flow iteration, synthesis per row and one
+classifier epoch, and projects the full AWA2 protocol on this machine (measured unit times x counts)
+and on one H200 (counted FLOPs and bytes at peak rates, never less than the host time). This
+script scales those AWA2 figures to each dataset's own schedule (its train_<DATASET>.py and the
+benchmark's counts). Every figure it prints is a PROJECTION; the scaling (bench/README.md):
+
+- flow training: per iteration, x K (coupling blocks) and x (batch + seen classes) (the batch's
+  forward/backward plus the prototype pass over the seen classes); on the H200, whose flow step is
+  bound by the host's launches, x K only;
+- synthesis: per synthetic row, x K;
+- classifier: per row and epoch as AWA2's (its 50 and 10 classes); on the H200 per batch.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import cli  # noqa: E402
+from benchmarks import BENCHMARKS  # noqa: E402
+from cli import opt  # noqa: E402
+
+
+@dataclass
+class ExpectedOptions:
+    results: str = opt("bench/results-cpu.json", "a result file of python -m bench.bench (--quick ones scale "
+                                                 "small synthesis and classifier sizes up)", path=True)
+    precision: str = opt("fp32", "the H200 projection's precision: fp32 | tf32 | bf16 | 'fp32 --device_noise'")
+
+
+def workload(name: str) -> dict:
+    b = BENCHMARKS[name]
+    c = importlib.import_module(f"train_{name}").config
+    synthetic = b.unseen * c.nSample
+    return dict(iterations=c.total_iterations(b.trainval), evaluations=len(c.evaluations(b.trainval)),
+                synthetic=synthetic, gzsl_rows=b.trainval + synthetic, blocks=c.num_coupling_layers,
+                batch=c.batchsize, seen=b.seen, epochs=c.classifier_epochs, classifier_batch=c.classifier_batch)
+
+
+def project(res: dict, w: dict, ref: dict, precision: str = "fp32") -> dict:
+    """Seconds per part for workload `w`, from a bench result measured at workload `ref` (AWA2)."""
+    st, proj = res["stages"], res["projection"]
+    tr, ev = st["train"]["fp32"], st["eval"]
+    per_iter = tr["time"] * (w["blocks"] * (w["batch"] + w["seen"])) / (ref["blocks"] * (ref["batch"] + ref["seen"]))
+    per_row_synth = ev["synthesis"] / ev["n_synthetic"] * w["blocks"] / ref["blocks"]
+    per_epoch = (ev["gzsl"]["time"] / ev["gzsl"]["rows"] * w["gzsl_rows"]
+                 + ev["zsl"]["time"] / ev["zsl"]["rows"] * w["synthetic"])
+    here = {"flow training": w["iterations"] * per_iter,
+            "synthesis": w["evaluations"] * w["synthetic"] * per_row_synth,
+            "classifier": w["evaluations"] * w["epochs"] * per_epoch}
+    g = proj["h200_seconds"][precision]
+
+    def batches(x):
+        return (x["gzsl_rows"] + x["synthetic"]) / x["classifier_batch"] * x["epochs"] * x["evaluations"]
+    gpu = {"flow training": g["flow training"] * w["iterations"] * w["blocks"] / (ref["iterations"] * ref["blocks"]),
+           "synthesis": g["synthesis"] * (w["evaluations"] * w["synthetic"] * w["blocks"])
+           / (ref["evaluations"] * ref["synthetic"] * ref["blocks"]),
+           "classifier": g["classifier"] * batches(w) / batches(ref)}
+    return dict(here=here, h200=gpu)
+
+
+def hours(s: float) -> str:
+    return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min"
+
+
+def expected(argv: list[str]) -> dict:
+    args = ExpectedOptions(**cli.parse(cli.parser_for("python -m bench.expected_time", __doc__,
+                                                      (ExpectedOptions, None)), argv))
+    path = Path(args.results) if Path(args.results).is_absolute() else ROOT / args.results
+    try:
+        res = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise cli.CommandError(f"option --results: cannot read {path}: {exc}") from None
+    if not res.get("projection"):
+        raise cli.CommandError(f"option --results: {path} holds no projection (python -m bench.bench with all "
+                               f"three stages writes one)")
+    if args.precision not in res["projection"]["h200_seconds"]:
+        raise cli.ConfigError(f"option --precision: one of {', '.join(res['projection']['h200_seconds'])}")
+    ref = workload("AWA2")
+    out = {}
+    env = res["environment"]
+    where = env.get("device_name", env.get("device"))
+    print(f"faithful runs, PROJECTED from the AWA2 unit times in {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    print(f"(measured {env.get('date', 'date not recorded')}, commit {env.get('commit', 'not recorded')}, "
+          f"on {where}, {env.get('threads')} threads, load average {env.get('load_average', 'not recorded')})")
+    if env.get("quick"):
+        ev = res["stages"]["eval"]
+        print(f"note: a --quick result: synthesis and classifier epochs measured on {ev['n_synthetic']:,} synthetic "
+              f"rows, scaled up by rows")
+    print(f"{'dataset':8s} {'iterations':>10s} {'evals':>5s} {'synthetic rows':>14s} {'here':>8s} {'H200 ' + args.precision:>12s}")
+    for name in BENCHMARKS:
+        w = workload(name)
+        p = project(res, w, ref, args.precision)
+        out[name] = dict(workload=w, here_seconds=p["here"], h200_seconds=p["h200"])
+        print(f"{name:8s} {w['iterations']:>10,} {w['evaluations']:>5} {w['synthetic']:>14,} "
+              f"{hours(sum(p['here'].values())):>8s} {hours(sum(p['h200'].values())):>12s}")
+    return out
+
+
+def main(argv=None):
+    return cli.main_guard(expected, sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    main()
