@@ -130,7 +130,7 @@ class Config:
                             "variant")
 
     def total_iterations(self, n_train: int) -> int:
-        """Flow iterations of a run on n_train images: floor(n_train / batchsize) * gen_nepoch (SPEC.md)."""
+        """Flow iterations of a run on n_train images: floor(n_train / batchsize) * gen_nepoch (docs/method.md)."""
         return (n_train // self.batchsize) * self.gen_nepoch
 
     def evaluations(self, n_train: int) -> list[int]:

@@ -1,9 +1,9 @@
 """The data: loaders of both layouts and their checks, preprocessing, the validation split,
 class centroids, relative-positioning anchors, the batch sampler, and the metrics.
 
-What the authors' util.py holds. Everything follows ../shared/SPEC.md (the authors' reference
+What the authors' util.py holds. Everything follows docs/method.md (the authors' reference
 run); where the reference has a quirk that changes numbers, the quirk is kept and named in a
-comment. Imports matfiles (MAT reading) only.
+comment. Imports matfiles (MAT reading) and benchmarks (the counts) only.
 """
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ def test_synthetic_applies_short_schedule_under_explicit_overrides():
 
 def test_dataset_scripts_hold_spec_settings():
     import train_APY, train_AWA2, train_CUB, train_FLO
-    table = {  # SPEC.md: K, epochs, B, wd, gamma, pi, lambda, nSample, eval_start, interval, cls lr, cls epochs, cls batch
+    table = {  # docs/method.md: K, epochs, B, wd, gamma, pi, lambda, nSample, eval_start, interval, cls lr, cls epochs, cls batch
         train_AWA2: (3, 500, 256, 3e-6, 0.92, 0.15, 10, 50000, 30000, 500, 1e-3, 30, 1200, "att", "seen"),
         train_APY: (5, 600, 200, 1e-6, 0.55, 0.02, 3, 9000, 5000, 300, 1e-3, 20, 1200, "att", "all"),
         train_CUB: (5, 600, 256, 1e-5, 0.8, 0.05, 1, 600, 2000, 500, 1e-2, 30, 3000, "sent", "seen"),

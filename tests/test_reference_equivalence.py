@@ -1,4 +1,4 @@
-"""train.run must give exactly the numbers of a literal, step-by-step rendering of SPEC.md's
+"""train.run must give exactly the numbers of a literal, step-by-step rendering of docs/method.md's
 reference procedure (row-by-row batches, per-class tiled synthesis, a classifier that permutes
 full copies of its training matrix). Any change to the order of random draws, the batching,
 the loss or the selection rule breaks this equality."""
@@ -58,7 +58,7 @@ def literal_classifier(train_X, train_Y, n_classes, tests, lr, epochs, bs):
 
 
 def literal_reference(cfg, d):
-    """SPEC.md, line by line, on the CPU."""
+    """docs/method.md (the contract), line by line, on the CPU."""
     np.random.seed(cfg.manualSeed), torch.manual_seed(cfg.manualSeed)
     n, B, D = len(d.train_label), cfg.batchsize, d.feature_dim
     perm, cur = np.random.permutation(np.arange(n)), 0
