@@ -27,6 +27,8 @@ import os
 import sys
 import typing
 
+from benchmarks import canonical_name
+
 MISSING = dataclasses.MISSING
 
 
@@ -130,7 +132,6 @@ def converter(name: str, kind: type, meta: dict):
             if meta.get("path") and value:
                 value = os.path.expanduser(value)
             if meta.get("dataset"):
-                from benchmarks import canonical_name
                 value = canonical_name(value)
         check_value(name, value, meta, argparse.ArgumentTypeError)
         return value

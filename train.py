@@ -349,10 +349,14 @@ def run_seeds(cfg: Config) -> dict:
 
 
 def variant_defaults(defaults: Config, argv: list[str], tmm: dict | None = None) -> Config:
-    """The script's settings for the variant on the command line: with --variant=tmm, the script's
-    TMM block (and, with --synthetic, SYNTHETIC_TMM_SCHEDULE) replaces its MM'21 values; the
-    command line still comes last (parse_overrides)."""
-    updates = parse_args(argv, defaults)
+    """The script's settings for the variant on the command line `argv` (variant_settings)."""
+    return variant_settings(defaults, parse_args(argv, defaults), tmm)
+
+
+def variant_settings(defaults: Config, updates: dict, tmm: dict | None = None) -> Config:
+    """With --variant=tmm among `updates`, the script's TMM block (and, with --synthetic,
+    SYNTHETIC_TMM_SCHEDULE) replaces its MM'21 values; the command line still comes last
+    (parse_overrides). Otherwise `defaults` as they are."""
     if updates.get("variant", defaults.variant) != "tmm":
         return defaults
     block = {**(tmm or {}), "variant": "tmm"}
@@ -381,15 +385,18 @@ def main(defaults: Config, argv: list[str] | None = None, tmm: dict | None = Non
     if "-h" in argv or "--help" in argv:
         script = sys.modules.get("__main__")
         about = (getattr(script, "__doc__", None) or __doc__).strip()
-        shown = [a for a in argv if a not in ("-h", "--help")]
-        if "--variant=tmm" in shown or "tmm" in shown[1:] and shown[shown.index("tmm") - 1] == "--variant":
-            defaults = dataclasses.replace(defaults, **(tmm or {}), variant="tmm")  # the TMM block's values
+        try:  # the defaults shown are those of the variant on the command line (the TMM block's)
+            defaults = variant_defaults(defaults, [a for a in argv if a not in ("-h", "--help")], tmm)
+        except ConfigError:
+            pass  # a bad option besides --help: the script's own defaults
         config.parser(defaults, Path(sys.argv[0]).name, about).print_help()
         raise SystemExit(0)
     return cli.main_guard(dispatch, defaults, argv, tmm)
 
 
+# Your own dataset (python train.py --dataset=NAME, tune.py NAME) with --variant=tmm: the TMM options'
+# defaults (the authors' argparse defaults) and all classes' anchors, over Config's (AWA2's) settings.
+OWN_DATA_TMM = dict(anchors="all")
+
 if __name__ == "__main__":
-    # your own dataset: python train.py --dataset=NAME (Config defaults = AWA2's settings); with
-    # --variant=tmm, the TMM options' defaults (the authors' argparse defaults) and all classes' anchors
-    main(Config(), tmm=dict(anchors="all"))
+    main(Config(), tmm=OWN_DATA_TMM)

@@ -381,13 +381,13 @@ def command_parser() -> "cli.argparse.ArgumentParser":
                                  "its own): any --key=value of train_<DATASET>.py --help.")
 
 
-def script_config(dataset: str, argv: list[str]) -> Config:
+def script_config(dataset: str, explicit: dict) -> Config:
     """The settings a trial starts from: train_<DATASET>.py's (its TMM block with --variant=tmm), or
     Config defaults for your own folder, as `python train.py --dataset=NAME`."""
     if (ROOT / f"train_{dataset}.py").is_file():
         module = importlib.import_module(f"train_{dataset}")
-        return train.variant_defaults(module.config, argv, getattr(module, "TMM", None))
-    return train.variant_defaults(Config(dataset=dataset), argv, dict(anchors="all"))
+        return train.variant_settings(module.config, explicit, getattr(module, "TMM", None))
+    return train.variant_settings(Config(dataset=dataset), explicit, train.OWN_DATA_TMM)
 
 
 def stored_study_name(storage, dataset: str, name: str) -> str:
@@ -417,8 +417,7 @@ def tune(argv: list[str]):
     if opts.study and not STUDY_NAME.fullmatch(opts.study):
         raise ConfigError(f"option --study: {opts.study!r} is not a study name (letters, digits, '.', '_', "
                           f"'-', from a letter or digit; it names a folder under out_dir/tune/)")
-    script = script_config(canonical_name(opts.dataset), [f"--{k}={v}" for k, v in explicit.items()
-                                                          if k in ("variant", "synthetic")])
+    script = script_config(canonical_name(opts.dataset), explicit)
     cfg = config.apply(script, explicit)
     use_space(cfg)
     tune_dir = Path(cfg.out_dir) / "tune"

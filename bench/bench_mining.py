@@ -48,7 +48,7 @@ FULL_RELATION_ITERS = (N // _T["batchsize"]) * _T["relation_nepoch"] + 1
 
 @dataclass
 class MiningBenchOptions:
-    batches: int = opt(2, "batches mined (the authors' AWA2 pass: 91)", low=1)
+    batches: int = opt(2, "batches mined (the authors' AWA2 pass: 91)", low=1, high=N // B)
     loops: int = opt(3, "SGD steps per batch (the authors' AWA2: 30)", low=1)
     relation_iters: int = opt(2, "relation-network iterations timed (the authors' AWA2: 4,551)", low=1)
     device: str = opt("auto", "auto | cpu | cuda | cuda:N")
@@ -95,7 +95,8 @@ def bench(argv: list[str]):
     sampler = util.EpochPermutationSampler(N, B)
     sampler.cursor = N - args.batches * B  # so that the pass takes exactly --batches batches
     if mining.mined_batches(N, B, sampler.cursor) != args.batches:
-        raise RuntimeError(f"the mining pass would take {mining.mined_batches(N, B, sampler.cursor)} batches")
+        raise RuntimeError(f"the mining pass would take {mining.mined_batches(N, B, sampler.cursor)} batches, "
+                           f"not --batches={args.batches}")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -12,6 +12,11 @@
 # registry, put the wheels it lacks (FrEIA, optuna, pooch, ...) in .whl/ and they are installed
 # first (`python3 -m pip download --no-deps --python-version 3.12 --only-binary=:all: -d .whl NAME==VER`).
 set -uo pipefail
+case "${1:-}" in
+    -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+    "") ;;
+    *) echo "error: unknown option $1 (bash bench/gpu_check.sh takes none; see --help)" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-$(mktemp -d)}

@@ -19,7 +19,7 @@ import util
 from config import Config
 from models import ConditionalFlow, RelationNet, RelativePositioning
 from test_end_to_end import tiny_config
-from test_reference_equivalence import literal_classifier
+from test_reference_equivalence import literal_classifier, literal_evaluation
 
 
 @pytest.fixture(scope="module")
@@ -299,25 +299,9 @@ def literal_tmm(cfg, d):
         if it % iters == 0:
             lr_scheduler.step()
         if it % cfg.evl_interval == 0 and it > cfg.eval_start:
-            gen = torch.FloatTensor(d.n_unseen * cfg.nSample, D)
-            with torch.no_grad():
-                for i in range(d.n_unseen):
-                    text = torch.from_numpy(np.tile(d.unseen_semantics[i].astype("float32"), (cfg.nSample, 1)))
-                    gen[i * cfg.nSample:(i + 1) * cfg.nSample] = flow.reverse(torch.randn(cfg.nSample, D), sm(text))
-            gen_label = torch.from_numpy(np.repeat(np.arange(d.n_unseen), cfg.nSample))
-            hist = literal_classifier(
-                torch.cat((torch.from_numpy(d.train_feature), gen)),
-                torch.cat((torch.from_numpy(d.train_label), gen_label + d.n_seen)), d.n_seen + d.n_unseen,
-                {"seen": (torch.from_numpy(d.test_seen_feature), torch.from_numpy(d.test_seen_label)),
-                 "unseen": (torch.from_numpy(d.test_unseen_feature), torch.from_numpy(d.test_unseen_label + d.n_seen))},
-                cfg.classifier_lr, cfg.classifier_epochs, cfg.classifier_batch)
-            best = (0, 0, 0)
-            for h in hist:
-                H = 2 * h["seen"] * h["unseen"] / (h["seen"] + h["unseen"])
-                if H > best[2]:
-                    best = (h["unseen"], h["seen"], H)
-            rows.append({"iteration": it, "U": 100 * best[0], "S": 100 * best[1], "H": 100 * best[2],
-                         "U_last": 100 * hist[-1]["unseen"], "S_last": 100 * hist[-1]["seen"]})
+            row, gen, gen_label = literal_evaluation(flow, sm, d, cfg, torch.from_numpy(d.train_feature),
+                                                     torch.from_numpy(d.train_label), it)
+            rows.append(row)
             if cfg.eval_zsl:  # their --zsl line: CLASSIFIER(gen_feat, gen_label, ..., ntrain + ntest classes, ...)
                 with torch.random.fork_rng():  # (their ZSL is another process; here it must not shift the draws)
                     zsl = literal_classifier(gen, gen_label, d.n_seen + d.n_unseen,
