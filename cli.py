@@ -62,19 +62,21 @@ KINDS = {
 def opt(default, help: str, kind: str = "command", *, low=None, high=None, low_open: bool = False,
         high_open: bool = False, choices: tuple | None = None, path: bool = False, dataset: bool = False,
         resume: bool | None = None, local: bool | None = None, tune=None, positional: bool = False,
-        flag: str | None = None):
+        flag: str | None = None, bare=None):
     """A dataclass field with its command-line facts.
 
     low/high: bounds (open with low_open/high_open); choices: allowed values; path: `~` expanded;
     dataset: a benchmark name, case-insensitive; resume: may change on --resume (default: kind run);
     local: may differ between a tuning study's workers (default: kinds run and place);
     tune: tune.py's search range (kind, low, high), or False when tune.py refuses the option;
-    positional: an argument without --; flag: the option's spelling when it is not --<name> (--from).
+    positional: an argument without --; flag: the option's spelling when it is not --<name> (--from);
+    bare: the value of a text option given alone (--synthetic = --synthetic=quick); a following word is
+    its value only if it is one of the choices.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown option kind {kind!r}")
     meta = dict(help=help, kind=kind, low=low, high=high, low_open=low_open, high_open=high_open,
-                choices=choices, path=path, dataset=dataset, tune=tune, positional=positional, flag=flag,
+                choices=choices, path=path, dataset=dataset, tune=tune, positional=positional, flag=flag, bare=bare,
                 resume=kind == "run" if resume is None else resume,
                 local=kind in ("run", "place") if local is None else local)
     if isinstance(default, (list, dict)):
@@ -146,7 +148,7 @@ def check_value(name: str, value, meta: dict, error=None) -> None:
         fail(f"must be a finite number, got {value}")
     choices = meta.get("choices")
     if choices and value not in choices:
-        fail(f"{value!r} is not one of {', '.join(map(str, choices))}")
+        fail(f"{value!r} is not one of {', '.join(map(shown_default, choices))}")
     low, high = meta.get("low"), meta.get("high")
     if isinstance(value, (int, float)) and not isinstance(value, bool) and (low is not None or high is not None):
         too_low = low is not None and (value <= low if meta["low_open"] else value < low)
@@ -210,7 +212,7 @@ def add_options(parser: argparse.ArgumentParser, cls, defaults=None, groups: dic
         text = meta["help"].replace("%", "%%")
         extra = []
         if meta.get("choices"):
-            extra.append(" | ".join(map(str, meta["choices"])))
+            extra.append(" | ".join(map(shown_default, meta["choices"])))
         if meta.get("positional"):
             element = typing.get_args(kind)[0] if typing.get_origin(kind) is list else kind
             # optional for argparse: the command says what is missing, after unknown options are named
@@ -220,9 +222,11 @@ def add_options(parser: argparse.ArgumentParser, cls, defaults=None, groups: dic
             continue
         extra.append(f"default: {shown_default(default)}")
         metavar = {bool: "BOOL", int: "INT", float: "NUM"}.get(kind, "PATH" if meta.get("path") else "TEXT")
-        group.add_argument(meta.get("flag") or f"--{f.name}", dest=f.name, action=_StoreOnce, type=converter(f.name, kind, meta),
-                           nargs="?" if kind is bool else None, const=True if kind is bool else None,
+        action = group.add_argument(meta.get("flag") or f"--{f.name}", dest=f.name, action=_StoreOnce, type=converter(f.name, kind, meta),
+                           nargs="?" if kind is bool or meta.get("bare") is not None else None,
+                           const=True if kind is bool else meta.get("bare"),
                            default=argparse.SUPPRESS, metavar=metavar, help=f"{text} ({'; '.join(extra)})")
+        action.bare_words = tuple(str(c).lower() for c in meta.get("choices") or () if c)  # see parse()
 
 
 def parser_for(prog: str, description: str, *specs, epilog: str | None = None) -> argparse.ArgumentParser:
@@ -241,11 +245,13 @@ def parser_for(prog: str, description: str, *specs, epilog: str | None = None) -
 def parse(parser: argparse.ArgumentParser, argv: list[str]) -> dict:
     """{name: value} of the options given; unknown ones are one-line errors (ConfigError)."""
     # A boolean alone is true, also before a positional (prepare --force AWA2): only a true/false
-    # word after it is its value. Intermixed: positionals may follow options (reproduce.py --synthetic AWA2).
-    flags = {s for a in parser._actions if a.const is True for s in a.option_strings}
+    # word after it is its value; likewise an option with a bare value (--synthetic AWA2 = --synthetic=quick
+    # AWA2). Intermixed: positionals may follow options (reproduce.py --synthetic AWA2).
+    alone = {s: ("true", TRUE + FALSE) if a.const is True else (a.const, a.bare_words)
+             for a in parser._actions if a.const is not None and a.option_strings for s in a.option_strings}
     argv = list(argv)
-    argv = [f"{a}=true" if a in flags and (i + 1 == len(argv) or argv[i + 1].lower() not in TRUE + FALSE) else a
-            for i, a in enumerate(argv)]
+    argv = [f"{a}={alone[a][0]}" if a in alone and (i + 1 == len(argv) or argv[i + 1].lower() not in alone[a][1])
+            else a for i, a in enumerate(argv)]
     namespace, extra = parser.parse_known_intermixed_args(argv)
     if extra:
         bad = extra[0]

@@ -30,8 +30,10 @@ class Config:
     image_embedding: str = opt("res101", "xlsa17 feature file stem (<stem>.mat)", "data")
     class_embedding: str = opt("att", "xlsa17 split file stem: att | sent (<stem>_splits.mat)", "data",
                                choices=("att", "sent"))
-    synthetic: bool = opt(False, "generate a small benchmark-shaped stand-in and run a short schedule "
-                                 "(a demo: not benchmark numbers)", "data")
+    synthetic: str = opt("", "generated stand-in data instead of the benchmark files (not benchmark numbers): "
+                             "quick (--synthetic alone) = a small stand-in and a short demo schedule; full = a "
+                             "stand-in at the benchmark's real size, run with the script's own schedule",
+                         "data", choices=("", "quick", "full"), bare="quick")
 
     # --- architecture ---
     anchors: str = opt("seen", "relative-positioning anchors from the 'seen' or 'all' class vectors", "architecture",
@@ -133,8 +135,18 @@ class Config:
         """Flow iterations of a run on n_train images: floor(n_train / batchsize) * gen_nepoch (docs/method.md)."""
         return (n_train // self.batchsize) * self.gen_nepoch
 
-    def evaluations(self, n_train: int) -> list[int]:
-        """The iterations that evaluate: multiples of evl_interval above eval_start, up to the total inclusive."""
+    def evaluations(self, n_train: int, reference_train: int = 0) -> list[int]:
+        """The iterations that evaluate: multiples of evl_interval above eval_start, up to the total inclusive.
+
+        `reference_train` (a run on the validation split: the rows of the trainval set it was cut
+        from): the plan of a run on that many rows, each iteration moved to the same fraction of
+        this run's schedule, round(t * total / reference_total). So a validation run evaluates as
+        often, and at the same points of its schedule, as the test run it chooses for
+        (docs/method.md, "Honest selection"), though it has fewer rows and iterations.
+        """
+        if reference_train:
+            total, reference_total = self.total_iterations(n_train), self.total_iterations(reference_train)
+            return sorted({max(1, round(t * total / reference_total)) for t in self.evaluations(reference_train)})
         return [it for it in range(self.eval_start + 1, self.total_iterations(n_train) + 1)
                 if it % self.evl_interval == 0]
 
@@ -149,7 +161,7 @@ SPACE = {f.name: f.metadata["tune"] for f in dataclasses.fields(Config) if isins
 
 
 
-# A short schedule for `--synthetic`: about two minutes on 2 CPU cores. Applied before
+# A short schedule for `--synthetic` (quick; not --synthetic=full): about two minutes on 2 CPU cores. Applied before
 # the command-line overrides, so `--synthetic --gen_nepoch=80` still works. The stand-in
 # has ~24 images per seen class, so fewer samples per unseen class and a smaller classifier
 # batch than the benchmarks' keep the classifier balanced and trained.
@@ -173,8 +185,18 @@ SYNTHETIC_TMM_SCHEDULE = dict(
 DEVICE_HELP = "option --device: expected auto, cpu, cuda or cuda:N (N = 0, 1, ...)"
 
 
+STANDIN_SUFFIX = {"": "", "quick": "-synthetic", "full": "-synthetic-full"}  # in study and table names
+
+
+def standin(value) -> str:
+    """The --synthetic value: '' (the benchmark files), 'quick' or 'full'; a boolean of older
+    config.json files (true = the quick demo) is read as such."""
+    return ("quick" if value else "") if isinstance(value, bool) or value is None else value
+
+
 def validate(cfg: Config) -> Config:
     """Every option in its bounds and choices (cli.check), then the rules that involve several."""
+    cfg.synthetic = standin(cfg.synthetic)
     cli.check(cfg)
     name = cfg.dataset
     if not name or name in (".", "..") or "/" in name or "\\" in name:
@@ -184,6 +206,9 @@ def validate(cfg: Config) -> Config:
                           f"not --dataset={name}")
     if cfg.save_synthetic and not cfg.save_synthetic.endswith((".npz", ".mat")):
         raise ConfigError(f"option --save_synthetic: the file name must end in .npz or .mat, got {cfg.save_synthetic!r}")
+    if cfg.validation and cfg.select == "val":
+        raise ConfigError("options --validation and --select=val cannot be combined: --select=val runs the "
+                          "validation split itself to choose, then the test split to report (drop --validation)")
     if cfg.seeds:
         seed_list(cfg.seeds, "seeds")
     if sum(map(bool, (cfg.resume, cfg.eval_only, cfg.seeds))) > 1:
@@ -220,9 +245,9 @@ def parse_args(argv: list[str], defaults: Config | None = None) -> dict:
 
 
 def apply(cfg: Config, updates: dict) -> Config:
-    """`cfg` with `updates` applied; --synthetic switches to the short schedule first."""
+    """`cfg` with `updates` applied; --synthetic (quick) switches to the short schedule first."""
     base = dataclasses.asdict(cfg)
-    if updates.get("synthetic", cfg.synthetic):
+    if standin(updates.get("synthetic", cfg.synthetic)) == "quick":
         base.update(SYNTHETIC_SCHEDULE)
     base.update(updates)
     return validate(Config(**base))

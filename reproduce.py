@@ -138,11 +138,12 @@ def short_hash(obj) -> str:
 
 
 def settings_name(overrides: list[str]) -> str:
-    """<variant>[-synthetic][-<hash>]: what the cells compute, beyond the scripts' own settings."""
+    """<variant>[-synthetic[-full]][-<hash>]: what the cells compute, beyond the scripts' own settings."""
     given = parse_args(overrides)
     variant = given.get("variant", Config().variant)
     rest = {k: v for k, v in given.items() if k not in MACHINE_LOCAL and k not in ("variant", "synthetic")}
-    return (f"{variant}{'-synthetic' if given.get('synthetic') else ''}"
+    standin = config.STANDIN_SUFFIX[config.standin(given.get("synthetic"))]
+    return (f"{variant}{standin}"
             + (f"-{short_hash(rest)}" if rest else ""))
 
 
@@ -452,17 +453,17 @@ def run_cells(cells: list[Cell], opts: ReproduceOptions, overrides: list[str], j
 
 def share_synthetic_data(cells: list[Cell]) -> None:
     """--synthetic: generate each stand-in once, next to the cells, and link every cell to it
-    (a run reads <out_dir>/synthetic_data; the cells' out_dir is their own folder)."""
+    (a run reads <out_dir>/synthetic_data, or synthetic_full; the cells' out_dir is their own folder)."""
     import synthetic
     for cell in cells:
         if not cell.cfg.synthetic:
             continue
-        shared = cell.dir.parent / "synthetic_data"
-        synthetic.ensure_benchmark(shared, cell.dataset)
+        synthetic.ensure_standin(cell.dir.parent, cell.dataset, cell.cfg.synthetic)
+        folder = synthetic.STANDIN_ROOTS[cell.cfg.synthetic]
         cell.dir.mkdir(parents=True, exist_ok=True)
-        link = cell.dir / "synthetic_data"
+        link = cell.dir / folder
         if not link.exists():
-            link.symlink_to(Path("..") / "synthetic_data", target_is_directory=True)
+            link.symlink_to(Path("..") / folder, target_is_directory=True)
 
 
 def _started_token(cell_dir: Path) -> str:

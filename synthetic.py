@@ -1,11 +1,22 @@
-"""Generate small GZSL benchmarks in the exact xlsa17 (or E-PGN) file layout.
+"""Generate GZSL benchmarks in the exact xlsa17 (or E-PGN) file layout.
 
-The real feature files cannot be downloaded everywhere; these stand-ins have the real
-benchmarks' classes, seen/unseen counts and semantic dimensions, fewer images, and
-features whose class structure follows the semantic vectors (so a conditional flow can
-learn to synthesise unseen classes). They are for smoke runs and tests, not for numbers.
+The real feature files cannot be downloaded everywhere. Two kinds of stand-in have the real
+benchmarks' classes, seen/unseen counts and semantic dimensions, and features whose class
+structure follows the semantic vectors (so a conditional flow can learn to synthesise unseen
+classes). They are for smoke runs, tests and timings, not for numbers.
 
-    python synthetic.py AWA2 data_synthetic      # writes data_synthetic/AWA2/{res101,att_splits}.mat
+- quick (`--synthetic`): about 24 training images per seen class, with a short demo schedule.
+- full (`--synthetic=full`): every count of benchmarks.py (AWA2: 23,527 training, 5,882 seen-test
+  and 7,913 unseen-test rows, 13 validation classes), unequal class sizes, and class means only
+  partly predictable from the semantic vectors, so the flow, selection and early stopping face
+  work of the real size and roughly the real difficulty (bench/README.md, "Full-size stand-ins").
+  Runs use the script's own schedule.
+
+    python synthetic.py AWA2 data_synthetic          # quick: data_synthetic/AWA2/{res101,att_splits}.mat
+    python synthetic.py AWA2 data_synthetic --full   # full size (AWA2: 37,322 images, 306 MB)
+
+Generation is deterministic: the same command writes the same bytes (sha256) on any machine
+with the same numpy.
 """
 from __future__ import annotations
 
@@ -61,18 +72,28 @@ def make_split(rng: np.random.Generator, n_seen: int, n_unseen: int, per_seen: t
     return seen, unseen, labels, locs
 
 
+MAT_HEADER = b"MATLAB 5.0 MAT-file, written by gsmflow synthetic.py"
+
+
+def savemat_fixed(path: Path, content: dict) -> None:
+    """scipy's savemat with a header that does not carry the time: same content, same bytes."""
+    sio.savemat(path, content)
+    with open(path, "r+b") as f:  # the v5 header: 116 bytes of text, then version and byte order
+        f.write(MAT_HEADER.ljust(116))
+
+
 def write_xlsa17(folder: Path, features: np.ndarray, labels: np.ndarray, splits: dict[str, dict]) -> None:
     """res101.mat (features D x N, labels N x 1) and one `<stem>_splits.mat` per entry of `splits`."""
     folder.mkdir(parents=True, exist_ok=True)
     n = labels.size
     files = np.empty((n, 1), dtype=object)
     files[:, 0] = [f"images/img_{i:06d}.jpg" for i in range(n)]
-    sio.savemat(folder / "res101.mat", {"features": features, "labels": labels.reshape(-1, 1).astype(np.float64),
-                                        "image_files": files})
+    savemat_fixed(folder / "res101.mat", {"features": features, "labels": labels.reshape(-1, 1).astype(np.float64),
+                                          "image_files": files})
     for stem, content in splits.items():
         out = {k: (np.asarray(v).reshape(-1, 1).astype(np.uint16) if k.endswith("_loc") else v)
                for k, v in content.items()}
-        sio.savemat(folder / f"{stem}_splits.mat", out)
+        savemat_fixed(folder / f"{stem}_splits.mat", out)
 
 
 def write_epgn(folder: Path, train_fea, test_seen_fea, test_unseen_fea, seen_pro, unseen_pro,
@@ -80,11 +101,11 @@ def write_epgn(folder: Path, train_fea, test_seen_fea, test_unseen_fea, seen_pro
     """data.mat + label.mat in E-PGN's layout (rows = images / classes, 1-based labels)."""
     folder.mkdir(parents=True, exist_ok=True)
     col = lambda v: np.asarray(v).reshape(-1, 1).astype(np.float64)
-    sio.savemat(folder / "data.mat", {
+    savemat_fixed(folder / "data.mat", {
         "train_fea": train_fea, "test_seen_fea": test_seen_fea, "test_unseen_fea": test_unseen_fea,
         "seen_pro": seen_pro, "unseen_pro": unseen_pro, "attribute": np.concatenate([seen_pro, unseen_pro]),
         "att_train": seen_pro[np.asarray(train_idx).reshape(-1) - 1]})
-    sio.savemat(folder / "label.mat", {"train_idx": col(train_idx), "test_seen_idex": col(test_seen_idex),
+    savemat_fixed(folder / "label.mat", {"train_idx": col(train_idx), "test_seen_idex": col(test_seen_idex),
                                        "test_unseen_idex": col(test_unseen_idex),
                                        "train_label_new": col(train_idx)})
 
@@ -111,6 +132,79 @@ def generate(folder: Path, dataset: str, seed: int = 0, per_seen: tuple[int, int
     names[:, 0] = [f"{i:03d}.class_{i}" for i in range(1, n_classes + 1)]
     # xlsa17's train/val split of the seen classes (val = a fifth of them), for completeness
     val_classes = rng.choice(seen, max(1, seen.size // 5), replace=False)
+    tv = locs["trainval_loc"]
+    in_val = np.isin(labels[tv - 1], val_classes)
+    splits = {stem: {"att": att, "original_att": att * 100, "allclasses_names": names, **locs,
+                     "train_loc": tv[~in_val], "val_loc": tv[in_val]} for stem, att in atts.items()}
+    write_xlsa17(folder, features, labels, splits)
+    return folder
+
+
+@dataclass(frozen=True)
+class Hardness:
+    """How hard a full-size stand-in is. Images vary in a `latent`-dimensional space that a fixed
+    random map sends to the feature space (ResNet features of a class also vary along few
+    directions), plus `pixel_noise` per feature dimension. A class's latent mean is
+    sqrt(1 - residual^2) * (a fixed linear map of its semantic vector) + residual * (a direction of
+    its own, which no semantic vector predicts), with unit spread per latent dimension; each image
+    adds `noise` per latent dimension. Class sizes vary as a lognormal of `spread`.
+    Chosen with bench.standin_hardness (bench/README.md, "Full-size stand-ins")."""
+    noise: float
+    residual: float
+    latent: int = 64
+    pixel_noise: float = 0.5
+    spread: float = 0.5
+
+
+FULL_HARDNESS = {
+    "AWA2": Hardness(noise=1.5, residual=0.5),
+    "APY": Hardness(noise=2.0, residual=0.7),
+    "CUB": Hardness(noise=1.4, residual=0.6),
+    "FLO": Hardness(noise=1.2, residual=0.65),
+}
+
+
+def class_sizes(rng: np.random.Generator, total: int, weights: np.ndarray, minimum: int) -> np.ndarray:
+    """`total` images over the classes in proportion to `weights`, each class at least `minimum`
+    (largest remainders, so the sizes add up to `total` exactly)."""
+    share = (total - minimum * weights.size) * weights / weights.sum()
+    sizes = np.floor(share).astype(np.int64)
+    sizes[np.argsort(sizes - share)[:total - minimum * weights.size - sizes.sum()]] += 1
+    return sizes + minimum
+
+
+def make_full_features(rng: np.random.Generator, att: np.ndarray, labels0: np.ndarray, feature_dim: int,
+                       hard: Hardness, chunk: int = 4096) -> np.ndarray:
+    """(feature_dim, N) float32, non-negative, as `Hardness` says; built in chunks of images."""
+    k = hard.latent
+    semantic_map = rng.standard_normal((k, att.shape[0]))
+    shared = semantic_map @ (att / np.linalg.norm(att, axis=0, keepdims=True))
+    own = rng.standard_normal(shared.shape)
+    means = np.sqrt(1 - hard.residual ** 2) * shared + hard.residual * own  # (k, C), unit spread
+    to_features = (rng.standard_normal((feature_dim, k)) / np.sqrt(k)).astype(np.float32)
+    x = np.empty((feature_dim, labels0.size), dtype=np.float32)
+    for start in range(0, labels0.size, chunk):
+        cols = labels0[start:start + chunk]
+        latent = (means[:, cols] + hard.noise * rng.standard_normal((k, cols.size))).astype(np.float32)
+        pixel = rng.standard_normal((feature_dim, cols.size), dtype=np.float32)
+        np.maximum(to_features @ latent + hard.pixel_noise * pixel, 0, out=x[:, start:start + chunk])
+    return x
+
+
+def generate_full(folder: Path, dataset: str, seed: int = 0, feature_dim: int | None = None) -> Path:
+    """Write `dataset` at its real size (every count of benchmarks.py) in the xlsa17 layout into `folder`."""
+    spec, hard = BENCHMARKS[dataset], FULL_HARDNESS[dataset]
+    rng = np.random.default_rng(seed)
+    seen_weight, unseen_weight = (rng.lognormal(0, hard.spread, n) for n in (spec.seen, spec.unseen))
+    per_seen = (class_sizes(rng, spec.trainval, seen_weight, 2), class_sizes(rng, spec.test_seen, seen_weight, 1))
+    per_unseen = class_sizes(rng, spec.test_unseen, unseen_weight, 1)
+    seen, unseen, labels, locs = make_split(rng, spec.seen, spec.unseen, per_seen, per_unseen)
+    atts = {stem: make_semantics(rng, spec.classes, dim) for stem, dim in spec.semantic_dims.items()}
+    first = next(iter(atts.values()))
+    features = make_full_features(rng, first, labels - 1, feature_dim or spec.feature_dim, hard)
+    names = np.empty((spec.classes, 1), dtype=object)
+    names[:, 0] = [f"{i:03d}.class_{i}" for i in range(1, spec.classes + 1)]
+    val_classes = rng.choice(seen, spec.validation_classes, replace=False)  # xlsa17's validation classes
     tv = locs["trainval_loc"]
     in_val = np.isin(labels[tv - 1], val_classes)
     splits = {stem: {"att": att, "original_att": att * 100, "allclasses_names": names, **locs,
@@ -148,14 +242,25 @@ def features_for_real_splits(split_file: Path, folder: Path, seed: int = 0, feat
     return folder
 
 
-def ensure_benchmark(root: Path, dataset: str, seed: int = 6152) -> Path:
+def ensure_benchmark(root: Path, dataset: str, seed: int = 6152, kind: str = "quick") -> Path:
     """Generate root/dataset once; later --synthetic runs (any training seed) reuse it."""
     folder = Path(root) / dataset
-    marker = folder / f".synthetic_seed_{seed}"
+    marker = folder / f".synthetic_{'' if kind == 'quick' else kind + '_'}seed_{seed}"
     if not marker.exists():
-        generate(folder, dataset, seed=seed)
+        (generate_full if kind == "full" else generate)(folder, dataset, seed=seed)
         marker.touch()
     return folder
+
+
+STANDIN_ROOTS = {"quick": "synthetic_data", "full": "synthetic_full"}  # under a run's --out_dir
+
+
+def ensure_standin(out_dir: Path, dataset: str, kind: str) -> Path:
+    """The --synthetic=`kind` stand-in of `dataset` under out_dir, generated on first use; returns
+    the root that holds <dataset>/."""
+    root = Path(out_dir) / STANDIN_ROOTS[kind]
+    ensure_benchmark(root, dataset, kind=kind)
+    return root
 
 
 def write_archive(path: Path, source: str = "authors", datasets=None, seed: int = 0,
@@ -179,14 +284,16 @@ class SyntheticOptions:
     dataset: str = opt("", f"which stand-in: {' | '.join(BENCHMARKS)}", positional=True, dataset=True,
                        choices=("", *BENCHMARKS))
     out_root: str = opt("", "the folder that receives <DATASET>/", positional=True, path=True)
-    seed: int = opt(0, "seed of the generator", low=0)
+    seed: int = opt(0, "seed of the generator (runs with --synthetic use 6152)", low=0)
+    full: bool = opt(False, "the benchmark's real size (every count of benchmarks.py), as --synthetic=full uses")
 
 
 def main(argv: list[str]) -> Path:
     opts = SyntheticOptions(**cli.parse(cli.parser_for("synthetic.py", __doc__, (SyntheticOptions, None)), argv))
     if not (opts.dataset and opts.out_root):
-        raise cli.ConfigError("usage: python synthetic.py DATASET OUT_ROOT (see --help)")
-    folder = generate(Path(opts.out_root) / opts.dataset, opts.dataset, seed=opts.seed)
+        raise cli.ConfigError("usage: python synthetic.py DATASET OUT_ROOT [--full] (see --help)")
+    folder = (generate_full if opts.full else generate)(Path(opts.out_root) / opts.dataset, opts.dataset,
+                                                        seed=opts.seed)
     print(folder)
     return folder
 

@@ -203,11 +203,11 @@ def preflight(cfg: Config, study_dir: Path) -> tuple[str, dict | None]:
     if cfg.batchsize >= n:
         raise ConfigError(f"option --batchsize={cfg.batchsize}: must be smaller than the {n} training images "
                           f"of the validation split")
-    total, evaluations = cfg.total_iterations(n), cfg.evaluations(n)
+    total, evaluations = cfg.total_iterations(n), cfg.evaluations(n, data.reference_train)
     if not evaluations:
-        raise ConfigError(f"option --eval_start={cfg.eval_start}: on the validation split a run trains {total} "
-                          f"iterations, so no evaluation (multiples of --evl_interval={cfg.evl_interval} above "
-                          f"--eval_start) would score a trial")
+        raise ConfigError(f"option --eval_start={cfg.eval_start}: a run on the {data.reference_train} trainval rows "
+                          f"trains {cfg.total_iterations(data.reference_train)} iterations, so no evaluation "
+                          f"(multiples of --evl_interval={cfg.evl_interval} above --eval_start) would score a trial")
     files = None if cfg.synthetic else {Path(f["path"]).name: f["sha256"]
                                         for f in provenance.describe_files(data.files)}
     return f"{data.describe()}; {total} iterations, evaluations at {evaluations}", files
@@ -395,7 +395,7 @@ def stored_study_name(storage, dataset: str, name: str) -> str:
     names = optuna.get_all_study_names(storage)
     if name in names:
         return name
-    mine = [n for n in names if re.fullmatch(rf"{re.escape(dataset)}(-synthetic)?(-tmm)?-space{SPACE_VERSION}", n)]
+    mine = [n for n in names if re.fullmatch(rf"{re.escape(dataset)}(-synthetic(-full)?)?(-tmm)?-space{SPACE_VERSION}", n)]
     return mine[0] if len(mine) == 1 else name
 
 
@@ -428,7 +428,8 @@ def tune(argv: list[str]):
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial instead of Optuna's
     storage = open_storage(storage_url, opts.heartbeat)
     variant = "-tmm" if cfg.variant == "tmm" else ""
-    name = opts.study or f"{cfg.dataset}{'-synthetic' if cfg.synthetic else ''}{variant}-space{SPACE_VERSION}"
+    standin = config.STANDIN_SUFFIX[cfg.synthetic]
+    name = opts.study or f"{cfg.dataset}{standin}{variant}-space{SPACE_VERSION}"
     run_opts = {**dataclasses.asdict(opts), "storage": storage_url}
     if opts.report:
         name = opts.study or stored_study_name(storage, cfg.dataset, name)

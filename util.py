@@ -40,6 +40,9 @@ class GZSLData:
     rows: dict | None = None       # xlsa17: the 0-based image rows behind each split
     split: str = "proposed"        # or "validation": the leak-free split of trainval
     files: tuple = ()              # the files it was read from (their sha256 goes into the run's records)
+    # Validation split only: the rows of the proposed split's training set (trainval). A run on this
+    # split evaluates at the fractions of its schedule where a run on trainval would (Config.evaluations).
+    reference_train: int = 0
 
     def signature(self) -> dict:
         """What a checkpoint must agree with to be used on this data."""
@@ -154,6 +157,7 @@ def load_xlsa17(folder: Path, name: str, image_embedding: str = "res101", class_
                              f"'att' in {split_path.name} has columns (classes)")
     loc = lambda key: one_based_index(smat, key, split_path, n_images, f"the number of images in {feat_path.name}")
     locs = {key: loc(key) for key in ("trainval_loc", "test_seen_loc", "test_unseen_loc")}
+    n_trainval = locs["trainval_loc"].size
     if validation is not None:
         locs = validation_rows(labels, locs["trainval_loc"], loc("val_loc"), *validation)
     used = np.concatenate(list(locs.values()))
@@ -185,7 +189,8 @@ def load_xlsa17(folder: Path, name: str, image_embedding: str = "res101", class_
         seen_semantics=np.ascontiguousarray(att_rows[seen]),
         unseen_semantics=np.ascontiguousarray(att_rows[unseen]),
         seen_ids=seen + 1, unseen_ids=unseen + 1, rows=locs, split=split,
-        source=f"{feat_path} + {split_path} ({split} split)", files=(feat_path, split_path))
+        source=f"{feat_path} + {split_path} ({split} split)", files=(feat_path, split_path),
+        reference_train=n_trainval if validation is not None else 0)
 
 
 def reference_scaling(parts: dict[str, np.ndarray], layout: str, constant_error: str) -> dict[str, np.ndarray]:
@@ -332,7 +337,7 @@ def load_epgn_validation(folder: Path, name: str, share: float, seed: int) -> GZ
         test_seen_feature=part("test_seen_loc"), test_seen_label=label("test_seen_loc", seen),
         test_unseen_feature=part("test_unseen_loc"), test_unseen_label=label("test_unseen_loc", unseen),
         seen_semantics=seen_pro[seen].astype(np.float32), unseen_semantics=seen_pro[unseen].astype(np.float32),
-        seen_ids=seen + 1, unseen_ids=unseen + 1, rows=locs, split="validation",
+        seen_ids=seen + 1, unseen_ids=unseen + 1, rows=locs, split="validation", reference_train=labels.size,
         source=f"{data_path} + {label_path} (validation split: no val_loc in the E-PGN layout, so {n_val} of "
                f"the {n_seen} seen classes, drawn with seed {seed}, are validation-unseen, {why}; "
                f"test arrays not read)")

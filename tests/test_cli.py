@@ -112,7 +112,8 @@ def test_paths_expand_the_home_folder():
 
 
 @pytest.mark.parametrize("arg,match", [
-    ("--synthetic=on", "option --synthetic: expected true or false"),
+    ("--eval_zsl=on", "option --eval_zsl: expected true or false"),
+    ("--synthetic=on", "option --synthetic: .on. is not one of .., quick, full"),
     ("--prototype=nan", "option --prototype: must be a finite number"),
     ("--lr=inf", "option --lr: must be a finite number"),
     ("--manualSeed=-1", r"option --manualSeed: must be in \[0, 4294967295\]"),

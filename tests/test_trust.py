@@ -190,6 +190,8 @@ def test_select_val_reports_test_numbers_at_the_validation_choice(tmp_path):
     test_rows = {r["iteration"]: r for r in runs.read_jsonl(tmp_path / s["run_dir"] / "metrics.jsonl")}
     v = s["val"]
     assert v["val_iteration"] in [r["iteration"] for r in val_rows]
+    # the validation run (fewer rows, fewer iterations) evaluates at the test run's fractions of the schedule
+    assert len(val_rows) == len(test_rows) == 4 and val_rows[-1]["iteration"] < max(test_rows)
     u, s_ = test_rows[v["iteration"]]["gzsl_epochs"][v["classifier_epoch"] - 1]
     assert (v["U"], v["S"]) == (u, s_)
     assert "VALIDATION split" in (tmp_path / s["validation_run_dir"] / "log.txt").read_text()
