@@ -14,11 +14,16 @@ See bench/README.md.
 """
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__" and not __package__:  # run by path: the project's imports below need `python -m`
+    print("error: run it from the repository root as: python -m bench.bench", file=sys.stderr)
+    raise SystemExit(2)
+
 import json
 import math
 import os
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path

@@ -16,12 +16,17 @@ The relation network is freshly initialised (the cost does not depend on its wei
 """
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__" and not __package__:  # run by path: the project's imports below need `python -m`
+    print("error: run it from the repository root as: python -m bench.bench_mining", file=sys.stderr)
+    raise SystemExit(2)
+
 import datetime
 import json
 import platform
 import resource
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path

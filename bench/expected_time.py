@@ -17,9 +17,14 @@ benchmark's counts). Every figure it prints is a PROJECTION; the scaling (bench/
 """
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__" and not __package__:  # run by path: the project's imports below need `python -m`
+    print("error: run it from the repository root as: python -m bench.expected_time", file=sys.stderr)
+    raise SystemExit(2)
+
 import importlib
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 

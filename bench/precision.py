@@ -18,11 +18,16 @@ skipped there, with the reason printed and recorded.
 """
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__" and not __package__:  # run by path: the project's imports below need `python -m`
+    print("error: run it from the repository root as: python -m bench.precision", file=sys.stderr)
+    raise SystemExit(2)
+
 import json
 import shlex
 import statistics
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path

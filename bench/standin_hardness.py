@@ -14,8 +14,13 @@ when this proxy scores on it about what it scores on the real files (bench/READM
 """
 from __future__ import annotations
 
-import importlib
 import sys
+
+if __name__ == "__main__" and not __package__:  # run by path: the project's imports below need `python -m`
+    print("error: run it from the repository root as: python -m bench.standin_hardness", file=sys.stderr)
+    raise SystemExit(2)
+
+import importlib
 import time
 from dataclasses import dataclass
 from pathlib import Path

@@ -47,10 +47,15 @@ features mean nothing).
 """
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__" and not __package__:  # run by path: the project's imports below need `python -m`
+    print("error: run it from the repository root as: python -m data.make_dataset", file=sys.stderr)
+    raise SystemExit(2)
+
 import csv
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path

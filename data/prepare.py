@@ -11,6 +11,12 @@ then moved into place. On any error the dataroot is left as it was.
 """
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__" and not __package__:  # run by path: the project's imports below need `python -m`
+    print("error: run it from the repository root as: python -m data.prepare", file=sys.stderr)
+    raise SystemExit(2)
+
 import contextlib
 import datetime
 import errno
@@ -18,7 +24,6 @@ import os
 import re
 import shutil
 import signal
-import sys
 import tempfile
 import textwrap
 import time

@@ -184,3 +184,11 @@ def test_a_boolean_before_a_positional_stays_a_flag_and_positionals_may_follow_o
     assert cli.parse(parser, ["--force", "A", "B"]) == {"force": True, "names": ["A", "B"]}
     assert cli.parse(parser, ["A", "--force", "no", "--retries", "1", "B"]) == {"names": ["A", "B"], "force": False,
                                                                              "retries": 1}
+
+
+@pytest.mark.parametrize("path", ["data/make_dataset.py", "data/prepare.py", "bench/bench.py", "bench/bench_mining.py",
+                                  "bench/expected_time.py", "bench/precision.py", "bench/standin_hardness.py"])
+def test_a_module_run_by_path_names_its_python_m_form(path):
+    proc = subprocess.run([sys.executable, path, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    module = path[:-3].replace("/", ".")
+    assert proc.returncode == 2 and proc.stderr == f"error: run it from the repository root as: python -m {module}\n"

@@ -45,7 +45,7 @@ def test_cub_sentences_by_default_and_attributes_on_switch(tmp_path):
     assert util.load_dataset(str(tmp_path), "CUB", class_embedding="att").seen_semantics.shape == (150, 312)
 
 
-@pytest.mark.skipif(not SHARED_XLSA17.is_dir(), reason="../shared/xlsa17 not present")
+@pytest.mark.skipif(not SHARED_XLSA17.is_dir(), reason="no real split files (GSMFLOW_XLSA17_SPLITS, default ../shared/xlsa17: tests/conftest.py)")
 @pytest.mark.parametrize("name,stem", [("AWA2", "att"), ("APY", "att"), ("CUB", "sent"), ("FLO", "att")])
 def test_real_split_files(tmp_path, name, stem):
     b = BENCHMARKS[name]  # the table tests/test_prepare.py checks against the same files

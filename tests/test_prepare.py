@@ -134,7 +134,7 @@ def test_help_names_the_sources_and_options():
         assert text in out.stdout
 
 
-@pytest.mark.skipif(not SHARED_XLSA17.is_dir(), reason="needs ../shared/xlsa17 (the real split files)")
+@pytest.mark.skipif(not SHARED_XLSA17.is_dir(), reason="no real split files (GSMFLOW_XLSA17_SPLITS, default ../shared/xlsa17: tests/conftest.py)")
 @pytest.mark.parametrize("dataset, stem", [("AWA2", "att"), ("APY", "att"), ("CUB", "sent"), ("FLO", "att")])
 def test_benchmark_table_matches_the_real_split_files(dataset, stem):
     m = sio.loadmat(str(SHARED_XLSA17 / f"{dataset}_{stem}_splits.mat"))
@@ -146,7 +146,7 @@ def test_benchmark_table_matches_the_real_split_files(dataset, stem):
     assert m["att"].shape == (expected.semantic_dims[stem], expected.seen + expected.unseen)
 
 
-@pytest.mark.skipif(not SHARED_XLSA17.is_dir(), reason="needs ../shared/xlsa17 (the real split files)")
+@pytest.mark.skipif(not SHARED_XLSA17.is_dir(), reason="no real split files (GSMFLOW_XLSA17_SPLITS, default ../shared/xlsa17: tests/conftest.py)")
 def test_real_split_files_pass_the_real_counts(tmp_path):
     """The real splits with a generated 8-d res101.mat: every count but the feature width is the table's."""
     src = tmp_path / "src"

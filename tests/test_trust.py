@@ -164,7 +164,7 @@ def test_seeds_table_is_mean_and_std_of_the_runs(apy, tmp_path, capsys):
     assert "mean +- std over seeds 6152, 1" in out and "selected on the TEST set" in out
 
 
-@pytest.mark.skipif(not SHARED_XLSA17.is_dir(), reason="../shared/xlsa17 not present")
+@pytest.mark.skipif(not SHARED_XLSA17.is_dir(), reason="no real split files (GSMFLOW_XLSA17_SPLITS, default ../shared/xlsa17: tests/conftest.py)")
 @pytest.mark.parametrize("name,stem", [("AWA2", "att"), ("APY", "att"), ("CUB", "sent"), ("FLO", "att")])
 def test_validation_split_of_real_files_never_touches_test_rows(tmp_path, name, stem):
     split_file = SHARED_XLSA17 / f"{name}_{stem}_splits.mat"
