@@ -38,6 +38,7 @@ import cli
 import mining
 import train_AWA2
 import util
+from bench.environment import git_commit
 from benchmarks import BENCHMARKS
 from cli import opt
 from models import RelationNet
@@ -140,6 +141,7 @@ def bench(argv: list[str]):
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "device": str(device), "cpu": cpu_model(), "torch": torch.__version__,
         "command": "python -m bench.bench_mining " + " ".join(argv),
+        "commit": git_commit(),
         "shapes": {"N": N, "D": D, "classes": C, "d_a": DA, "batch": B, "hidden": H},
         "measured": {"batches": args.batches, "loops": args.loops, "mining_seconds": round(seconds, 2),
                      "seconds_per_sgd_step": round(per_step, 3), "two_mm_seconds": round(2 * mm_seconds, 3),
