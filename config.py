@@ -96,8 +96,10 @@ class Config:
                                   "evaluation", "run", path=True, tune=False)
 
     # --- speed; exact = the defaults' numbers bit for bit ---
-    synth_chunk: int = opt(2048, "rows per reverse pass when synthesising (bounds memory; exact)", "speed",
-                           low=32, local=True)
+    synth_chunk: int = opt(0, "rows per reverse pass when synthesising; 0: 2048 on a CPU, sized from the free "
+                              "memory on CUDA (bounds memory; exact)", "speed", low=0, local=True)
+    cuda_graphs: bool = opt(True, "on CUDA, replay the flow's and the classifiers' gradient passes as CUDA graphs "
+                                  "(off: launched one by one; exact)", "speed", local=True)
     keep_freed_memory: bool = opt(True, "glibc keeps freed blocks instead of page-faulting them back (exact)",
                                   "speed", local=True)
     bf16: bool = opt(False, "bf16 autocast for flow training, synthesis and classifiers (other numbers)", "speed")
@@ -204,6 +206,8 @@ def validate(cfg: Config) -> Config:
     if cfg.synthetic and name not in BENCHMARKS:
         raise ConfigError(f"option --synthetic: stand-ins exist for {', '.join(BENCHMARKS)} only, "
                           f"not --dataset={name}")
+    if 0 < cfg.synth_chunk < 32:
+        raise ConfigError(f"option --synth_chunk: must be 0 (sized to the device) or >= 32, got {cfg.synth_chunk}")
     if cfg.save_synthetic and not cfg.save_synthetic.endswith((".npz", ".mat")):
         raise ConfigError(f"option --save_synthetic: the file name must end in .npz or .mat, got {cfg.save_synthetic!r}")
     if cfg.validation and cfg.select == "val":

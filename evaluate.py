@@ -18,7 +18,8 @@ import torch
 
 from config import Config
 from fileio import atomic_write
-from fast import autocast, release_free_memory, softmax_gradients
+from fast import (CUDAGraphed, HostNormals, autocast, chunk_rows, release_free_memory, softmax_gradients,
+                  split_draw, use_cuda_graphs)
 from models import SoftmaxClassifier
 from runs import progress_bar
 from util import GZSLData, harmonic_mean, per_class_accuracy
@@ -28,11 +29,20 @@ from util import GZSLData, harmonic_mean, per_class_accuracy
 # batches (measured with torch 2.13 + MKL: 1-3, 5-7 and 9 rows take other kernels). Work
 # that the reference does on its nSample-row batches is therefore never done on fewer rows.
 GEMM_MIN_ROWS = 16
+CPU_SYNTH_CHUNK = 2048  # rows per reverse pass on a CPU (--synth_chunk=0): its caches' size
+HOST_DRAW_ROWS = 8192   # on CUDA, each class's z is drawn on the CPU in pieces of at most this many rows
+
+
+def synthesis_chunk(device: torch.device, synth_chunk: int, dim: int, cond_dim: int, hidden_dim: int) -> int:
+    """Rows per reverse pass: --synth_chunk, or with 0 (the default) CPU_SYNTH_CHUNK on a CPU and on
+    CUDA as many as fast.chunk_rows allows for the reverse pass's intermediates (about six
+    feature-sized rows, the condition and two subnet layers per row)."""
+    return synth_chunk or chunk_rows(device, 4 * (6 * dim + cond_dim + 2 * hidden_dim), CPU_SYNTH_CHUNK)
 
 
 @torch.no_grad()
 def synthesize_unseen(flow, rp, semantics: torch.Tensor, n_per_class: int, out: torch.Tensor,
-                      chunk: int = 2048, bf16: bool = False, device_noise: bool = False) -> torch.Tensor:
+                      chunk: int = CPU_SYNTH_CHUNK, bf16: bool = False, device_noise: bool = False) -> torch.Tensor:
     """Fill `out` (U * n_per_class rows) with synthetic features; rows [i*n, (i+1)*n) are unseen class i.
 
     The numbers are the reference's: for each class in turn z = randn(n_per_class, D) on the
@@ -40,26 +50,49 @@ def synthesize_unseen(flow, rp, semantics: torch.Tensor, n_per_class: int, out: 
     of the class. The work is organised differently: z is drawn straight into `out`, the
     condition is computed once per class instead of once per row, and the reverse pass runs
     over all classes' rows in balanced chunks of at most `chunk` rows, in place, so memory
-    stays at a few chunks whatever nSample is. `device_noise` (GPU only, not the reference's
-    numbers) draws z on the device generator instead of drawing on the CPU and copying.
+    stays at a few chunks whatever nSample is. On CUDA the CPU draws z on a side thread while
+    the GPU runs the reverse passes of the rows drawn so far (unseen_noise). `device_noise`
+    (GPU only, not the reference's numbers) draws z on the device generator instead.
     """
-    device, dim, n, n_classes = out.device, out.shape[1], n_per_class, semantics.shape[0]
-    for i in range(n_classes):
-        rows = out[i * n:(i + 1) * n]
-        if device.type == "cpu" or device_noise:
-            rows.normal_()  # the same draws as torch.randn(n, dim) on this generator
-        else:
-            rows.copy_(torch.randn(n, dim))
+    device, n, n_classes = out.device, n_per_class, semantics.shape[0]
     with autocast(device, bf16):
         cond = rp(semantics.repeat_interleave(GEMM_MIN_ROWS, 0))[::GEMM_MIN_ROWS]
     row_class = torch.arange(n_classes, device=device).repeat_interleave(n)
     total = n_classes * n
     n_chunks = math.ceil(total / max(chunk, 2 * GEMM_MIN_ROWS))  # balanced: every chunk > GEMM_MIN_ROWS rows
     edges = [round(k * total / n_chunks) for k in range(n_chunks + 1)]
-    for start, stop in zip(edges[:-1], edges[1:]):
-        with autocast(device, bf16):
-            out[start:stop] = flow.reverse(out[start:stop], cond[row_class[start:stop]])
+    chunks = list(zip(edges[:-1], edges[1:]))
+    for drawn in unseen_noise(out, n, device_noise):
+        while chunks and chunks[0][1] <= drawn:  # every chunk whose z is all drawn
+            start, stop = chunks.pop(0)
+            with autocast(device, bf16):
+                out[start:stop] = flow.reverse(out[start:stop], cond[row_class[start:stop]])
     return out
+
+
+def unseen_noise(out: torch.Tensor, n_per_class: int, device_noise: bool = False):
+    """Draw z into `out`, class after class as the reference does; yield the rows drawn so far.
+
+    On a CPU (and with --device_noise) z is drawn straight into `out` (row.normal_() gives the
+    numbers of torch.randn(n, dim) on that generator) and all rows are yielded at once. On CUDA
+    the CPU generator's draws are made on a side thread into pinned memory (fast.HostNormals), in
+    pieces that concatenate to each class's draw (fast.split_draw), and copied without waiting.
+    """
+    n, dim = n_per_class, out.shape[1]
+    n_classes = out.shape[0] // n
+    if out.device.type == "cpu" or device_noise:
+        for i in range(n_classes):
+            out[i * n:(i + 1) * n].normal_()
+        yield out.shape[0]
+        return
+    pieces = split_draw(n, dim, HOST_DRAW_ROWS) * n_classes
+    draws = HostNormals([rows * dim for rows in pieces], pin=True)
+    row = 0
+    for rows in pieces:
+        out[row:row + rows].view(-1).copy_(draws.take(), non_blocking=True)
+        draws.release()
+        row += rows
+        yield row
 
 
 
@@ -98,12 +131,17 @@ class ReferenceBatches:
 
 @torch.no_grad()
 def predict(model, features: torch.Tensor, batch_size: int) -> np.ndarray:
-    preds = [torch.max(model(features[i:i + batch_size]), 1)[1] for i in range(0, features.shape[0], batch_size)]
+    """The predicted class of every row, in chunks of `batch_size` rows (the reference's test batches)
+    on a CPU, on CUDA in chunks sized to the device (fast.chunk_rows: a few rows of logits each)."""
+    n_classes = model.fc.out_features
+    chunk = chunk_rows(features.device, 16 * n_classes, batch_size)
+    preds = [torch.max(model(features[i:i + chunk]), 1)[1] for i in range(0, features.shape[0], chunk)]
     return torch.cat(preds).cpu().numpy()
 
 
 def train_softmax(features: torch.Tensor, labels: torch.Tensor, n_classes: int, tests: dict,
-                  lr: float, epochs: int, batch_size: int, bf16: bool = False, on_epoch=None) -> list[dict]:
+                  lr: float, epochs: int, batch_size: int, bf16: bool = False, on_epoch=None,
+                  cuda_graphs: bool = False) -> list[dict]:
     """Train the softmax classifier the reference's way; per-class accuracy after each epoch.
 
     `tests` maps a name to (features, labels) on the same device. Returns one dict per
@@ -111,6 +149,8 @@ def train_softmax(features: torch.Tensor, labels: torch.Tensor, n_classes: int, 
     (`seconds`, training and testing).
     The reference's torch.optim.Adam(betas=(0.5, 0.999)) step is torch's own functional
     Adam with the implementation torch picks for the device, minus the Optimizer wrapper.
+    `cuda_graphs` (CUDA): each step's batch gather and gradients replay one CUDA graph
+    (fast.CUDAGraphed); Adam runs as it is, its step size changing every step.
     """
     from torch.optim.adam import adam
     device = features.device
@@ -122,13 +162,17 @@ def train_softmax(features: torch.Tensor, labels: torch.Tensor, n_classes: int, 
     batches = ReferenceBatches(features.shape[0], batch_size, device)
     test_labels = {k: y.cpu().numpy() for k, (_, y) in tests.items()}
     history = []
+
+    def gradients(idx):
+        # index_select copies whole rows; features[idx] gathers element by element (3x slower on CPU)
+        return softmax_gradients(*params, features.index_select(0, idx), labels.index_select(0, idx), bf16)
+    if cuda_graphs:
+        gradients = CUDAGraphed(gradients, fresh=False)  # Adam reads them before the next replay
     for _ in range(epochs):
         t0 = time.perf_counter()
         with torch.no_grad():
             for _ in range(math.ceil(features.shape[0] / batch_size)):
-                idx = batches.next()
-                # index_select copies whole rows; features[idx] gathers element by element (3x slower on CPU)
-                grads = softmax_gradients(*params, features.index_select(0, idx), labels.index_select(0, idx), bf16)
+                grads = gradients(batches.next())
                 adam(params, list(grads), exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, beta1=0.5, beta2=0.999,
                      lr=lr, weight_decay=0.0, eps=1e-8, maximize=False)
         with autocast(device, bf16):
@@ -183,6 +227,8 @@ class Evaluator:
         self.unseen_semantics = as_tensor(data.unseen_semantics)
         self.test_seen = (as_tensor(data.test_seen_feature), as_tensor(data.test_seen_label))
         self.test_unseen = as_tensor(data.test_unseen_feature), as_tensor(data.test_unseen_label)
+        self.synth_chunk = synthesis_chunk(device, cfg.synth_chunk, data.feature_dim, cfg.input_dim, cfg.hidden_dim)
+        self.cuda_graphs = use_cuda_graphs(cfg, device)
 
     def __call__(self, flow, rp) -> dict:
         cfg, data = self.cfg, self.data
@@ -192,14 +238,14 @@ class Evaluator:
         synthetic = self.features[self.n_train:]
         release_free_memory()  # the training step's freed blocks: room for the synthetic rows
         t0 = time.perf_counter()
-        synthesize_unseen(flow, rp, self.unseen_semantics, cfg.nSample, synthetic,
-                               cfg.synth_chunk, cfg.bf16, cfg.device_noise)
+        synthesize_unseen(flow, rp, self.unseen_semantics, cfg.nSample, synthetic, self.synth_chunk,
+                          cfg.bf16, cfg.device_noise)
         self.timing = {"synthesis": time.perf_counter() - t0}
         x_u, y_u = self.test_unseen
         gzsl = train_softmax(self.features, self.labels, data.n_seen + data.n_unseen,
                                   {"seen": self.test_seen, "unseen": (x_u, y_u + data.n_seen)},
                                   cfg.classifier_lr, cfg.classifier_epochs, cfg.classifier_batch,
-                                  bf16=cfg.bf16, on_epoch=bar.update)
+                                  bf16=cfg.bf16, on_epoch=bar.update, cuda_graphs=self.cuda_graphs)
         self.timing["gzsl_epochs"] = [h["seconds"] for h in gzsl]
         best = best_gzsl_epoch(gzsl)
         last = gzsl[-1]
@@ -218,7 +264,7 @@ class Evaluator:
                 zsl = train_softmax(synthetic, self.labels[self.n_train:] - data.n_seen, n_zsl,
                                          {"unseen": self.test_unseen},
                                          cfg.classifier_lr, cfg.classifier_epochs, cfg.classifier_batch,
-                                         bf16=cfg.bf16, on_epoch=bar.update)
+                                         bf16=cfg.bf16, on_epoch=bar.update, cuda_graphs=self.cuda_graphs)
             self.timing["zsl_epochs"] = [h["seconds"] for h in zsl]
             row["T1"] = max([0.0] + [h["unseen"] for h in zsl])
             row["T1_last"] = zsl[-1]["unseen"]

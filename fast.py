@@ -3,11 +3,18 @@ softmax classifier's hand-written gradients (the reference's autograd operations
 
 Everything here changes how fast a run is, not what it computes, unless an option that is
 off by default says otherwise (`bf16`, `tf32`, `fused_adam`: README "Speed").
+On CUDA it also takes the host off the GPU's critical path, with the same numbers: CUDA graphs
+of the gradient passes (`CUDAGraphed`), the CPU generator's draws made ahead on a side thread
+(`HostNormals`, `PrefetchedNoise`), copies that do not wait (`to_device`), chunks sized to the
+device (`chunk_rows`). The CPU path is the one it always was.
 Imports: torch and config only; nothing else of ours.
 """
 from __future__ import annotations
 
+import bisect
+import queue
 import sys
+import threading
 
 import torch
 
@@ -24,8 +31,6 @@ def slow_bf16_matmul(device: torch.device) -> bool:
 def autocast(device: torch.device, bf16: bool):
     """bf16 autocast on `device` when the `bf16` option is on; a no-op context otherwise."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-
-
 
 
 class BlockedAdam(torch.optim.Adam):
@@ -149,3 +154,209 @@ def softmax_gradients(W: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torc
     g = aten._log_softmax_backward_data(g.to(low), log_p, 1, low)
     # addmm's backward for the column-major W^T is (g^T x)^T, which the .t() of W undoes
     return g.t().mm(xl).to(W.dtype), g.sum([0], True).view(-1).to(b.dtype)
+
+
+# ----------------------------------------------------------------------------- CUDA: the host off the critical path
+
+def use_cuda_graphs(cfg: Config, device: torch.device) -> bool:
+    """Whether the gradient passes run as CUDA graphs: on CUDA with --cuda_graphs (the default), not
+    with --bf16 (autocast caches its weight casts across calls, which a captured graph cannot)."""
+    return device.type == "cuda" and cfg.cuda_graphs and not cfg.bf16
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t.to(device)`; to a GPU through pinned memory, without the host waiting for the copy (a
+    copy from pageable memory waits for everything queued on the GPU before it)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+# A chunk of a row-wise pass (synthesis, prediction) on CUDA holds at most this many bytes of
+# intermediates, and at most this share of the free memory: with AWA2's 4.3 GB feature matrix a
+# run then stays under 8 GiB, so a consumer GPU runs the paper's protocol.
+CHUNK_BYTES = 1 << 30
+CHUNK_SHARE = 0.25
+
+
+def chunk_rows(device: torch.device, bytes_per_row: int, cpu_rows: int) -> int:
+    """Rows per chunk of a row-wise pass: on a CPU `cpu_rows` (sized to its caches); on CUDA as many
+    as CHUNK_BYTES and CHUNK_SHARE of the free memory hold, never fewer than `cpu_rows`. The
+    numbers do not depend on it (tested on the CPU; on CUDA by the device tests)."""
+    if device.type != "cuda":
+        return cpu_rows
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(cpu_rows, int(min(CHUNK_BYTES, CHUNK_SHARE * free)) // bytes_per_row)
+
+
+# torch's CPU normal_ turns uniforms into normals 16 at a time, and a draw whose size is no multiple
+# of 16 redraws its last 16 values: so draws of multiples of 16 values concatenate.
+NORMAL_FILL = 16
+
+
+def draws_concatenate(numel: int) -> bool:
+    """Whether consecutive torch.randn draws of `numel` values each, on the CPU generator, are one
+    draw of their total size: the same values and the same generator state after (tested)."""
+    return numel % NORMAL_FILL == 0
+
+
+def split_draw(rows: int, dim: int, max_rows: int) -> list[int]:
+    """Row counts of consecutive draws that give the numbers of one torch.randn(rows, dim): pieces
+    of at most `max_rows` rows where each piece's size is a multiple of NORMAL_FILL, else [rows]."""
+    pieces = [min(max_rows, rows - start) for start in range(0, rows, max_rows)]
+    return pieces if all(draws_concatenate(p * dim) for p in pieces) else [rows]
+
+
+class HostNormals:
+    """Draws of the CPU generator (torch.randn's numbers), made ahead on a side thread.
+
+    `numels`: the size of each draw, in order; the thread draws them in that order, each into a
+    free slot (pinned memory when `pin`), at most `slots` ahead of the consumer. `take()` returns
+    the next draw (a 1-D view of its slot); `release()` gives that slot back once the copies out of
+    it are queued: with pinned slots the thread waits for those copies before drawing into it
+    again. Nothing else may draw on the CPU generator until every draw was taken: the order of
+    the draws is what keeps the reference's numbers.
+    """
+
+    def __init__(self, numels, pin: bool, slots: int = 2):
+        numels = list(numels)
+        self.free: queue.Queue = queue.Queue()
+        self.ready: queue.Queue = queue.Queue()
+        for _ in range(min(slots, len(numels))):
+            self.free.put((torch.empty(max(numels), pin_memory=pin), None))
+        self.taken = None
+        threading.Thread(target=self._draw, args=(numels,), daemon=True, name="gsmflow-host-normals").start()
+
+    def _draw(self, numels: list[int]) -> None:
+        try:
+            for n in numels:
+                slot, copied = self.free.get()
+                if copied is not None:
+                    copied.synchronize()  # the copies out of this slot have run
+                self.ready.put((slot, slot[:n].normal_()))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            self.ready.put((None, exc))
+
+    def take(self) -> torch.Tensor:
+        slot, values = self.ready.get()
+        if slot is None:
+            raise values
+        self.taken = slot
+        return values
+
+    def release(self) -> None:
+        copied = None
+        if self.taken.is_pinned():
+            copied = torch.cuda.Event()
+            copied.record()  # after the copies the consumer queued on this stream
+        self.free.put((self.taken, copied))
+        self.taken = None
+
+
+def copy_out(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A copy of a slot's values on `device` that outlives the slot (not waiting, on CUDA)."""
+    return t.to(device, non_blocking=True) if device.type == "cuda" else t.clone()
+
+
+class PrefetchedNoise:
+    """The flow's perturbation noise: per iteration torch.randn(rows, dim) on the CPU generator, the
+    reference's draw, but made ahead on a side thread (HostNormals; `steps` iterations per draw
+    where draws concatenate) and copied to the device without waiting.
+
+    It draws ahead only up to `stop(it)`: the last iteration before something else draws on the CPU
+    generator (an evaluation, the end of the run), so every other draw, and the RNG state that a
+    checkpoint saves there, is the reference's. `ahead`: iterations drawn for but not yet run.
+    """
+
+    def __init__(self, rows: int, dim: int, device: torch.device, stop, steps: int = 8):
+        self.rows, self.dim, self.device, self.stop = rows, dim, device, stop
+        self.steps = steps if draws_concatenate(rows * dim) else 1
+        self.ahead, self.draws, self.block, self.used = 0, None, None, 0
+
+    def __call__(self, it: int) -> torch.Tensor:
+        if self.ahead == 0:  # a new span, up to the next iteration after which others draw
+            n, per = max(self.stop(it), it) - it + 1, self.rows * self.dim
+            self.draws = HostNormals([min(self.steps, n - s) * per for s in range(0, n, self.steps)],
+                                     pin=self.device.type == "cuda")
+            self.ahead = n
+        if self.block is None:
+            self.block, self.used = self.draws.take().view(-1, self.rows, self.dim), 0
+        noise = copy_out(self.block[self.used], self.device)
+        self.used, self.ahead = self.used + 1, self.ahead - 1
+        if self.used == len(self.block):
+            self.draws.release()
+            self.block = None
+        return noise
+
+
+def next_stop(sorted_stops: list[int], it: int) -> int:
+    """The first of `sorted_stops` at or after `it` (`it` itself past the last)."""
+    i = bisect.bisect_left(sorted_stops, it)
+    return sorted_stops[i] if i < len(sorted_stops) else it
+
+
+class CUDAGraphed:
+    """`fn(*tensors)` replayed from one CUDA graph: the host launches one graph instead of the
+    hundreds of kernels of a forward and backward pass. The same numbers as calling `fn` (the device
+    tests check it bit for bit).
+
+    `fn` must be device work only: no host sync, no random draws (draw outside and pass the draws
+    in), no Python number that changes between calls (which is why Adam stays outside: its step
+    size changes every step, and torch's capturable Adam computes it in float32 on the device, not
+    in double on the host as the reference's does, so its numbers differ). The first WARMUP calls
+    run `fn` eagerly on a side stream, as torch's docs ask before a capture (they are real calls);
+    the next one captures it on that stream, with its arguments copied into static inputs; from
+    then on each call copies its arguments into those and replays the graph.
+    `grads_of`: parameters whose .grad `fn` leaves (a backward pass). Their .grad must be None when
+    `fn` is called; after a replay they are the graph's gradient buffers, as after an eager call.
+    `fresh`: return copies of the outputs (the next replay overwrites the graph's own).
+    If the capture fails, a warning says why and every later call runs `fn` eagerly.
+    """
+
+    WARMUP = 2
+
+    def __init__(self, fn, grads_of=(), fresh: bool = True):
+        self.fn, self.params, self.fresh = fn, list(grads_of), fresh
+        self.calls, self.graph, self.failed = 0, None, None
+        self.stream = torch.cuda.Stream()
+
+    def __call__(self, *args):
+        if self.graph is None:
+            self.calls += 1
+            if self.failed or self.calls <= self.WARMUP:
+                return self.fn(*args) if self.failed else self._on_side_stream(args)
+            if not self._capture(args):
+                return self.fn(*args)
+        for static, arg in zip(self.inputs, args):
+            static.copy_(arg)
+        self.graph.replay()
+        for p, g in zip(self.params, self.grads):
+            p.grad = g
+        return tuple(o.clone() for o in self.outputs) if self.fresh else self.outputs
+
+    def _on_side_stream(self, args):
+        current = torch.cuda.current_stream()
+        self.stream.wait_stream(current)
+        with torch.cuda.stream(self.stream):
+            out = self.fn(*args)
+        current.wait_stream(self.stream)
+        return out
+
+    def _capture(self, args) -> bool:
+        self.inputs = [a.clone() for a in args]
+        graph = torch.cuda.CUDAGraph()
+        try:
+            # thread_local: the noise thread may wait on a CUDA event meanwhile
+            with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
+                self.outputs = self.fn(*self.inputs)
+        except Exception as exc:  # noqa: BLE001 - any failure: run eagerly, with the same numbers
+            self.failed = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            for p in self.params:
+                p.grad = None
+            print(f"warning: CUDA graph capture failed ({self.failed}); running eagerly (the same numbers)",
+                  file=sys.stderr)
+            return False
+        self.graph, self.grads = graph, [p.grad for p in self.params]
+        for p in self.params:
+            p.grad = None  # set again by each replay
+        return True

@@ -23,7 +23,7 @@ from config import Config, ConfigError
 
 # Options that may differ between the workers of one study: where things are, not what is computed.
 MACHINE_LOCAL = ("dataroot", "out_dir", "device", "quiet", "disp_interval", "synth_chunk", "keep_freed_memory",
-                 "select")
+                 "select", "cuda_graphs")
 
 
 def fingerprint(cfg: Config) -> dict:

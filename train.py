@@ -87,11 +87,27 @@ class Trainer:
             util.class_centroids(data.train_feature, data.train_label, data.n_seen)).to(device)
         self.proto_z = torch.zeros(data.n_seen, data.feature_dim, device=device)
         self.total = cfg.total_iterations(n_train)
+        self.plan = cfg.evaluations(n_train, data.reference_train)  # the iterations that evaluate
         self.iters_per_epoch = math.ceil(n_train / cfg.batchsize)  # what StepLR counts (not the sampler's epochs)
         self.next_iteration = 0
         self.mined, self.mining_stats = None, {}
         if tmm:  # where the TMM variant diverges: mine boundary samples before the first flow step
             self._add_mined_rows(relation[0], mined)
+        # On CUDA the host keeps ahead of the GPU: noise drawn ahead, `backward` as one CUDA graph (fast.py)
+        self.noise = self.noise_source(prefetch=device.type == "cuda", n_train=n_train)
+        self.gradients = fast.CUDAGraphed(self.backward, self.params) if fast.use_cuda_graphs(cfg, device) \
+            else self.backward
+
+    def noise_source(self, prefetch: bool, n_train: int, steps: int = 8):
+        """it -> the perturbation noise of iteration `it`: torch.randn(rows, dim) on the CPU generator
+        (rows: cfg.batchsize, or under TMM relation_batchsize), drawn when asked, or with `prefetch`
+        drawn ahead (fast.PrefetchedNoise) up to each iteration after which others draw on that
+        generator: the evaluations and the last iteration."""
+        rows, dim = self.sampler.batch_size, self.train_x.shape[1]
+        if not prefetch:
+            return lambda it: torch.randn(rows, dim).to(self.device)
+        stops = self.plan + [self.total]
+        return fast.PrefetchedNoise(rows, dim, self.device, lambda it: fast.next_stop(stops, it), steps)
 
     def _add_mined_rows(self, relation, mined: dict | None) -> None:
         """GSMFlow-TMM (docs/tmm.md), in the authors' order: train the relation network on the
@@ -114,17 +130,34 @@ class Trainer:
         self.sampler = util.EpochPermutationSampler(len(self.train_y), cfg.relation_batchsize)
 
     def step(self, it: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One iteration: NLL + prototype loss, one Adam step; returns both losses (tensors)."""
+        """One iteration: NLL + prototype loss, one Adam step; returns both losses (tensors, on the device)."""
+        nll, proto = self.gradients(*self.draw(it))  # on CUDA a replay of `backward` (fast.CUDAGraphed)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)  # free the gradients now: room for evaluations; the next backward starts from None
+        if it % self.iters_per_epoch == 0:
+            self.scheduler.step()
+        self.next_iteration = it + 1
+        return nll, proto
+
+    def draw(self, it: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The iteration's random draws, in the reference's order: the batch (numpy), N(0, 1) noise
+        on the CPU generator as the reference draws it (on CUDA drawn ahead, the same numbers:
+        fast.PrefetchedNoise), the uniforms of the dropout mask (on the device)."""
+        idx = fast.to_device(torch.from_numpy(self.sampler.next()), self.device)  # batches: index gathers on the device
+        dim = self.train_x.shape[1]
+        noise = (torch.randn(self.sampler.batch_size, dim, device=self.device) if self.cfg.device_noise
+                 else self.noise(it))
+        return idx, noise, torch.empty(dim, device=self.device).uniform_()
+
+    def backward(self, idx: torch.Tensor, noise: torch.Tensor, mask_uniforms: torch.Tensor):
+        """The forward pass and both backward passes of one iteration: every parameter's .grad, and
+        the NLL and prototype losses. Device work only, so that on CUDA it replays as one graph."""
         cfg, flow, dim = self.cfg, self.flow, self.train_x.shape[1]
         autocast = fast.autocast(self.device, cfg.bf16)
-        idx = torch.from_numpy(self.sampler.next()).to(self.device)  # batches are index gathers on the device
         with autocast:
             x, cond = self.train_x.index_select(0, idx), self.rp(self.seen_sem[self.train_y[idx]])
             # Visual perturbation: N(0, pi^2) noise under one mask shared by the whole batch.
-            rows = self.sampler.batch_size  # cfg.batchsize, or under TMM relation_batchsize
-            noise = cfg.pi * (torch.randn(rows, dim, device=self.device) if cfg.device_noise
-                              else torch.randn(rows, dim).to(self.device))  # the reference: CPU generator
-            mask = torch.empty(dim, device=self.device).uniform_() > cfg.dropout
+            noise, mask = cfg.pi * noise, mask_uniforms > cfg.dropout
             z, log_det = flow(x + mask * noise, cond)
             nll = torch.mean(z ** 2) / 2 - torch.mean(log_det) / dim
         nll.backward()  # .grad is None here: the previous step freed it
@@ -136,11 +169,6 @@ class Trainer:
                 x_proto = flow.reverse(self.proto_z, proto_cond)
                 proto = cfg.prototype * torch.nn.functional.mse_loss(x_proto, self.centroids)
             proto.backward()  # a second backward adds into .grad, in the reference's order
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)  # free the gradients now: room for evaluations; the next backward starts from None
-        if it % self.iters_per_epoch == 0:
-            self.scheduler.step()
-        self.next_iteration = it + 1
         return nll.detach(), proto.detach()
 
     @property
@@ -148,6 +176,9 @@ class Trainer:
         return self.optimizer.param_groups[0]["lr"]
 
     def state_dict(self) -> dict:
+        if getattr(self.noise, "ahead", 0):
+            raise RuntimeError("the CPU generator has drawn noise for later iterations (fast.PrefetchedNoise): "
+                               "a checkpoint here would not continue bit for bit")
         return {"next_iteration": self.next_iteration, "flow": self.flow.state_dict(),
                 "relative_positioning": self.rp.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
@@ -202,25 +233,29 @@ def run(cfg: Config, resume_dir: Path | None = None, on_evaluation=None) -> dict
     log.print(f"flow: {cfg.num_coupling_layers} GLOW coupling blocks, "
               f"{sum(p.numel() for p in trainer.params):,} parameters (flow + relative positioning)")
     total = trainer.total
-    plan = set(cfg.evaluations(len(data.train_label), data.reference_train))
+    plan = set(trainer.plan)
     log.print(f"training: {total} iterations (+1, as the reference counts 0..{total}); {describe_plan(cfg, data, plan)}; "
               f"{cfg.nSample} samples per unseen class")
     best_h = max([r["H"] for r in rows], default=-1.0)
     last_saved, t0 = (state["iteration"] if state else -1), time.time()
     bar = runs.progress_bar(range(trainer.next_iteration, total + 1), cfg, desc="flow", unit="it",
                             initial=trainer.next_iteration, total=total + 1)
+    losses = LossLog(device, cfg.disp_interval + 1)
     for it in bar:
-        nll, proto = (v.item() for v in trainer.step(it))
-        if not (math.isfinite(nll) and math.isfinite(proto)):
-            where = f"{opened.dir / 'last.pt'} (iteration {last_saved})" if last_saved >= 0 else "none written"
-            raise runs.NonFiniteError(f"iteration {it}: loss is not finite (nll {nll}, prototype {proto}); "
-                                      f"stopped. Last good checkpoint: {where}")
+        losses.add(it, *trainer.step(it))
+        evaluating = it in plan
+        if not losses.due(it, evaluating, cfg.disp_interval, total):
+            continue
+        window = losses.read()  # the only host sync of the flow iterations
+        stop_if_not_finite(window, f"{opened.dir / 'last.pt'} (iteration {last_saved})" if last_saved >= 0
+                           else "none written")
+        nll, proto = window[-1][1:]
         bar.set_postfix(nll=f"{nll:.3f}", proto=f"{proto:.4f}", refresh=False)
         if it and it % cfg.disp_interval == 0:
             log.losses({"iteration": it, "nll": nll, "prototype_loss": proto, "lr": trainer.lr})
             log.print(f"iter {it}/{total}  nll {nll:.3f}  prototype {proto:.4f}  lr {trainer.lr:.2e}  "
                       f"({time.time() - t0:.0f}s)", echo=bar.disable)
-        if it in plan:
+        if evaluating:
             t_eval = time.time()
             row = {"iteration": it, **evaluate(trainer.flow, trainer.rp), "nll": nll, "prototype_loss": proto}
             row["eval_seconds"] = round(time.time() - t_eval, 2)
@@ -252,6 +287,47 @@ def describe_plan(cfg: Config, data: util.GZSLData, plan) -> str:
     listed = ", ".join(map(str, shown)) if len(shown) <= 8 else f"{shown[0]}, {shown[1]}, ..., {shown[-1]}"
     return (f"{len(shown)} evaluations ({listed}): those of a run on the {data.reference_train} trainval rows "
             f"(multiples of {cfg.evl_interval} above {cfg.eval_start}) at the same fractions of the schedule")
+
+
+class LossLog:
+    """The flow's losses, kept on the device and read back in one go: no host sync per iteration.
+
+    `add` queues a copy of an iteration's two losses into a device buffer; `read` brings every
+    loss added since the last read to the host (one copy, the sync) as (iteration, nll, prototype).
+    On a CPU reading costs nothing, so `due` says to read after every iteration there; on CUDA
+    at every disp_interval-th iteration, at evaluations and at the end, where the run needs them.
+    """
+
+    def __init__(self, device: torch.device, capacity: int):
+        self.values = torch.empty(capacity, 2, device=device)
+        self.every_iteration = device.type == "cpu"
+        self.first, self.count = 0, 0
+
+    def add(self, it: int, nll: torch.Tensor, proto: torch.Tensor) -> None:
+        if self.count == 0:
+            self.first = it
+        torch.stack((nll, proto), out=self.values[self.count])
+        self.count += 1
+
+    def due(self, it: int, evaluating: bool, disp_interval: int, total: int) -> bool:
+        """Whether the run reads the losses after iteration `it`: it logs them, evaluates or stops."""
+        return self.every_iteration or evaluating or it == total or (it > 0 and it % disp_interval == 0)
+
+    def read(self) -> list[tuple[int, float, float]]:
+        values = self.values[:self.count].tolist()
+        self.count = 0
+        return [(self.first + i, nll, proto) for i, (nll, proto) in enumerate(values)]
+
+
+def stop_if_not_finite(window: list[tuple[int, float, float]], last_good: str) -> None:
+    """NonFiniteError naming the first iteration of `window` (LossLog.read) whose loss is not
+    finite, the iterations read with it, and the checkpoint the run can continue from."""
+    bad = next(((it, n, p) for it, n, p in window if not (math.isfinite(n) and math.isfinite(p))), None)
+    if bad is None:
+        return
+    read = f"; found reading the losses of iterations {window[0][0]}-{window[-1][0]}" if len(window) > 1 else ""
+    raise runs.NonFiniteError(f"iteration {bad[0]}: loss is not finite (nll {bad[1]}, prototype {bad[2]}){read}; "
+                              f"stopped. Last good checkpoint: {last_good}")
 
 
 def refuse_existing(path: str) -> None:

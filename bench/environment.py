@@ -1,4 +1,5 @@
-"""Where a measurement ran: command, date, commit, CPU model and flags, bf16 kernels, torch, threads, GPU.
+"""Where a measurement ran: command, date, commit, CPU model and flags, bf16 kernels, torch, threads,
+GPU (its CUDA version and driver).
 
 Recorded by bench.py and precision.py in their JSON and printed under their tables, so every
 number in the README names the machine and the code that produced it.
@@ -52,11 +53,23 @@ def git_commit() -> str:
     return commit + ("+uncommitted changes" if git("status", "--porcelain", "--untracked-files=no", "--", "*.py") else "")
 
 
+def gpu_driver() -> str | None:
+    """The NVIDIA driver's version (nvidia-smi), None where there is none."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.splitlines()[0].strip() if out.returncode == 0 and out.stdout.strip() else None
+
+
 def environment(command: list[str], device: torch.device) -> dict:
+    cuda = device.type == "cuda"
     return dict(command=shlex.join(command),
                 date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                 commit=git_commit(), device=str(device), **cpu_facts(),
-                gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                gpu=torch.cuda.get_device_name(device) if cuda else None,
+                cuda=torch.version.cuda if cuda else None, driver=gpu_driver() if cuda else None,
                 torch=torch.__version__, python=platform.python_version(),
                 OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS"), threads=torch.get_num_threads(),
                 load_average=[round(x, 2) for x in os.getloadavg()])

@@ -1,13 +1,17 @@
-"""Expected time of each dataset's faithful run, projected from a bench run's AWA2 unit times.
+"""Expected time of each dataset's faithful run: measured where a full run was timed, else projected.
 
     python -m bench.expected_time                              # from bench/results-cpu.json
-    python -m bench.expected_time --results=bench/results-cuda.json
+    python -m bench.expected_time --results=bench/results-cuda.json   # a GPU's unit times
 
 `python -m bench.bench` measures, at AWA2's shapes, one flow iteration, synthesis per row and one
-classifier epoch, and projects the full AWA2 protocol on this machine (measured unit times x counts)
-and on one H200 (counted FLOPs and bytes at peak rates, never less than the host time). This
-script scales those AWA2 figures to each dataset's own schedule (its train_<DATASET>.py and the
-benchmark's counts). Every figure it prints is a PROJECTION; the scaling (bench/README.md):
+classifier epoch on one device, and projects the full AWA2 protocol there (measured unit times x
+counts) and on one H200 (counted FLOPs and bytes at peak rates, never less than an assumed host
+time: a model, never checked against a GPU run). This script scales those AWA2 figures to each
+dataset's own schedule (its train_<DATASET>.py and the benchmark's counts): the PROJECTED column
+is the results file's device, the H200 column the model. Next to them, the MEASURED column shows
+the wall time of a faithful full-size run where `python -m bench.full_run` recorded one
+(<measured>/full-<DATASET>-*.json, fp32 defaults), with its device, date and commit. The scaling
+(bench/README.md):
 
 - flow training: per iteration, x K (coupling blocks) and x (batch + seen classes) (the batch's
   forward/backward plus the prototype pass over the seen classes); on the H200, whose flow step is
@@ -42,6 +46,7 @@ class ExpectedOptions:
     results: str = opt("bench/results-cpu.json", "a result file of python -m bench.bench (--quick ones scale "
                                                  "small synthesis and classifier sizes up)", path=True)
     precision: str = opt("fp32", "the H200 projection's precision: fp32 | tf32 | bf16 | 'fp32 --device_noise'")
+    measured: str = opt("bench/gpu", "folder of bench.full_run records (full-<DATASET>-*.json)", path=True)
 
 
 def workload(name: str) -> dict:
@@ -76,7 +81,31 @@ def project(res: dict, w: dict, ref: dict, precision: str = "fp32") -> dict:
 
 
 def hours(s: float) -> str:
-    return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min" if s >= 600 else f"{s / 60:.1f} min"
+
+
+def measured_runs(folder: Path) -> dict[str, list[dict]]:
+    """bench.full_run's records in `folder` of faithful runs on the benchmark's shapes (its data or
+    the full-size stand-in), per dataset, fp32 defaults first, then the fastest."""
+    from bench.full_run import NAMED_OPTIONS
+    found: dict[str, list[dict]] = {}
+    for path in sorted(folder.glob("full-*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise cli.CommandError(f"{path}: not a bench.full_run record ({exc})") from None
+        if not record.get("faithful") or record.get("stand_in") not in ("full", ""):
+            continue
+        record["label"] = "+".join(n for n in NAMED_OPTIONS if record["options"].get(n)) or "fp32"
+        record["file"] = path.name
+        found.setdefault(record["dataset"], []).append(record)
+    for records in found.values():
+        records.sort(key=lambda r: (r["label"] != "fp32", r["wall_seconds"]))
+    return found
+
+
+def where(record: dict) -> str:
+    return f"{record['device_name']}, {record['date']}, commit {record['commit']}"
 
 
 def expected(argv: list[str]) -> dict:
@@ -95,21 +124,31 @@ def expected(argv: list[str]) -> dict:
     ref = workload("AWA2")
     out = {}
     env = res["environment"]
-    where = env.get("device_name", env.get("device"))
-    print(f"faithful runs, PROJECTED from the AWA2 unit times in {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    device = env.get("device_name", env.get("device"))
+    measured = measured_runs(Path(args.measured) if Path(args.measured).is_absolute() else ROOT / args.measured)
+    print(f"faithful runs: PROJECTED from the AWA2 unit times measured on {device} in "
+          f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     print(f"(measured {env.get('date', 'date not recorded')}, commit {env.get('commit', 'not recorded')}, "
-          f"on {where}, {env.get('threads')} threads, load average {env.get('load_average', 'not recorded')})")
+          f"{env.get('threads')} threads, load average {env.get('load_average', 'not recorded')}); the H200 column is "
+          f"a model (FLOPs and bytes at peak rates), never measured; MEASURED: a full run's wall time (bench.full_run)")
     if env.get("quick"):
         ev = res["stages"]["eval"]
         print(f"note: a --quick result: synthesis and classifier epochs measured on {ev['n_synthetic']:,} synthetic "
               f"rows, scaled up by rows")
-    print(f"{'dataset':8s} {'iterations':>10s} {'evals':>5s} {'synthetic rows':>14s} {'here':>8s} {'H200 ' + args.precision:>12s}")
+    print(f"{'dataset':8s} {'iterations':>10s} {'evals':>5s} {'synthetic rows':>14s} {'projected':>10s} "
+          f"{'H200 ' + args.precision:>12s} {'MEASURED':>9s}")
     for name in BENCHMARKS:
         w = workload(name)
         p = project(res, w, ref, args.precision)
-        out[name] = dict(workload=w, here_seconds=p["here"], h200_seconds=p["h200"])
+        runs = measured.get(name, [])
+        out[name] = dict(workload=w, here_seconds=p["here"], h200_seconds=p["h200"], measured=runs)
+        shown = hours(runs[0]["wall_seconds"]) if runs and runs[0]["label"] == "fp32" else "-"
         print(f"{name:8s} {w['iterations']:>10,} {w['evaluations']:>5} {w['synthetic']:>14,} "
-              f"{hours(sum(p['here'].values())):>8s} {hours(sum(p['h200'].values())):>12s}")
+              f"{hours(sum(p['here'].values())):>10s} {hours(sum(p['h200'].values())):>12s} {shown:>9s}")
+    for name, runs in measured.items():
+        for r in runs:
+            peak = "" if r.get("peak_gpu_gib") is None else f", peak GPU memory {r['peak_gpu_gib']} GiB"
+            print(f"MEASURED {name} {r['label']}: {r['wall_seconds']:.0f} s end to end ({where(r)}{peak}; {r['file']})")
     return out
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The CUDA paths of the code, checked in one go and summed up in one table:
-#   1. the device-aware tests on CUDA (GSMFLOW_TEST_DEVICE=cuda: flow, end to end, speed paths, runs, TMM);
+#   1. the device-aware tests on CUDA (GSMFLOW_TEST_DEVICE=cuda: flow, end to end, speed paths, the CUDA
+#      graph / noise / chunk paths against the eager ones, runs, TMM);
 #   2. python -m bench.bench --quick --device=cuda (fp32, tf32, bf16);
 #   3. python train_AWA2.py --synthetic --device=cuda in fp32, --tf32 and --bf16: H, T1, wall time;
 #   4. python train_AWA2.py --synthetic --variant=tmm --device=cuda (mining on the GPU).
@@ -20,37 +21,18 @@ esac
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-$(mktemp -d)}
+TAG=gpu_check
 mkdir -p "$OUT"
-
-if ! "$PY" -c "import sys, torch; print('torch', torch.__version__); sys.exit(0 if torch.cuda.is_available() else 1)" \
-        >"$OUT/cuda.log" 2>&1; then
-    echo "gpu_check: FAILED: CUDA is not available ($PY: $(tail -1 "$OUT/cuda.log")); this check needs a GPU" >&2
-    exit 1
-fi
-if compgen -G ".whl/*.whl" >/dev/null; then
-    "$PY" -m pip install --quiet --no-index --no-deps .whl/*.whl || { echo "gpu_check: FAILED: installing .whl/" >&2; exit 1; }
-fi
-"$PY" -c "import torch; print('gpu_check:', torch.cuda.get_device_name(0), '| torch', torch.__version__)"
+source bench/gpu/lib.sh
+require_cuda
 
 declare -a ROWS
-FAILED=0
-# run NAME LIMIT_S CMD...: log to $OUT/NAME.log, remember rc and wall time
-run() {
-    local name=$1 limit=$2; shift 2
-    local t0=$SECONDS
-    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
-    RC=$?
-    WALL=$((SECONDS - t0))
-    [ $RC -eq 0 ] || FAILED=1
-    echo "gpu_check: $name: exit $RC after ${WALL}s (log: $OUT/$name.log)" >&2
-}
-status() { [ "$RC" -eq 0 ] && echo ok || { [ "$RC" -eq 124 ] && echo "TIMED OUT" || echo "FAILED ($RC)"; }; }
-
-DEVICE_TESTS="tests/test_flow.py tests/test_end_to_end.py tests/test_speed_paths.py tests/test_runs.py tests/test_tmm.py"
-run pytest 200 env GSMFLOW_TEST_DEVICE=cuda "$PY" -m pytest -q -p no:cacheprovider $DEVICE_TESTS
+DEVICE_TESTS="tests/test_flow.py tests/test_end_to_end.py tests/test_speed_paths.py tests/test_cuda_paths.py
+              tests/test_runs.py tests/test_tmm.py"
+run pytest 240 env GSMFLOW_TEST_DEVICE=cuda "$PY" -m pytest -q -p no:cacheprovider $DEVICE_TESTS
 ROWS+=("pytest, GSMFLOW_TEST_DEVICE=cuda|$(status): $(grep -E '[0-9]+ (passed|failed)' "$OUT/pytest.log" | tail -1)|${WALL}s")
 
-run bench 130 "$PY" -m bench.bench --quick --device=cuda --out="$OUT/results-cuda-quick.json"
+run bench 90 "$PY" -m bench.bench --quick --device=cuda --out="$OUT/results-cuda-quick.json"
 ROWS+=("bench.py --quick --device=cuda|$(status): $(grep -E '^flow training iteration' "$OUT/bench.log" | tail -3 |
     sed -E 's/^flow training iteration \(([a-z0-9_]+)\) +([0-9.]+ s).*/\1 \2/' | paste -sd, -) per flow iteration|${WALL}s")
 
@@ -62,11 +44,6 @@ for opt in "" --tf32 --bf16 --variant=tmm; do
 done
 
 echo
-printf '| %s | %s | %s |\n' check result wall
-printf '|---|---|---|\n'
-for row in "${ROWS[@]}"; do
-    IFS='|' read -r a b c <<<"$row"
-    printf '| %s | %s | %s |\n' "$a" "$b" "$c"
-done
+print_rows "${ROWS[@]}"
 echo "(train rows: the paper-protocol line, ZSL T1 and GZSL U/S/H; logs in $OUT)"
 exit $FAILED

@@ -1,4 +1,5 @@
 """bench/precision.py and bench/expected_time.py: their arithmetic and records, without running a training."""
+import json
 import math
 
 import torch
@@ -50,3 +51,28 @@ def test_expected_time_reproduces_awa2_and_scales_the_others_by_their_workload()
     per_iter = 0.5 * flo["blocks"] * (flo["batch"] + flo["seen"]) / (ref["blocks"] * (ref["batch"] + ref["seen"]))
     assert math.isclose(p["here"]["flow training"], flo["iterations"] * per_iter)
     assert math.isclose(p["h200"]["flow training"], 300.0 * flo["iterations"] * flo["blocks"] / (ref["iterations"] * 3))
+
+
+def full_run_record(path, dataset, wall, faithful=True, stand_in="full", **options):
+    from bench.full_run import NAMED_OPTIONS
+    record = dict(dataset=dataset, stand_in=stand_in, faithful=faithful, wall_seconds=wall, peak_gpu_gib=5.1,
+                  device_name="NVIDIA H200", date="2026-12-07 10:00 UTC", commit="abc1234",
+                  options={**{n: False for n in NAMED_OPTIONS}, **options})
+    path.write_text(json.dumps(record))
+
+
+def test_expected_time_shows_measured_full_runs_with_device_date_and_commit(tmp_path, capsys):
+    full_run_record(tmp_path / "full-FLO-h200.json", "FLO", 95.0)
+    full_run_record(tmp_path / "full-FLO-h200-tf32.json", "FLO", 70.0, tf32=True)
+    full_run_record(tmp_path / "full-APY-h200-tf32.json", "APY", 80.0, tf32=True)  # no fp32 run: projected only
+    full_run_record(tmp_path / "full-CUB-h200-custom.json", "CUB", 5.0, faithful=False)  # another schedule
+    full_run_record(tmp_path / "full-AWA2-cpu-quick.json", "AWA2", 9.0, stand_in="quick")  # not the benchmark's size
+    out = expected_time.expected([f"--measured={tmp_path}"])
+    assert [r["label"] for r in out["FLO"]["measured"]] == ["fp32", "tf32"] and not out["CUB"]["measured"]
+    lines = capsys.readouterr().out.splitlines()
+    table = {line.split()[0]: line for line in lines if line.split() and line.split()[0] in out}
+    assert table["FLO"].endswith(" 1.6 min") and table["APY"].endswith(" -") and table["AWA2"].endswith(" -")
+    assert "MEASURED FLO fp32: 95 s end to end (NVIDIA H200, 2026-12-07 10:00 UTC, commit abc1234, peak GPU memory " \
+           "5.1 GiB; full-FLO-h200.json)" in lines
+    assert any(line.startswith("MEASURED APY tf32: 80 s") for line in lines)
+    assert "PROJECTED from the AWA2 unit times measured on" in lines[0]
