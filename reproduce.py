@@ -19,33 +19,43 @@ Where things go (docs/reproduce.md):
 <settings> is <variant>[-synthetic][-<hash of the other overrides>]: commands with the same
 settings share cells. <name> is <settings with seeds>[-<datasets>] unless --name is given.
 
-A finished cell (result.json) is never run again; a killed one continues from its last
-checkpoint (--resume, on by default). The same command again after everything finished
-only rebuilds the table.
+A finished cell (result.json) is read, not run again, when its settings and the sha256 of
+its data files are this command's (otherwise the command stops with one line); a killed one
+continues from its last checkpoint (--resume, on by default). The same command again after
+everything finished only rebuilds the table, from every cell's result.json as it is then.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import ctypes
 import dataclasses
 import datetime
 import fcntl
 import hashlib
 import importlib
 import json
+import multiprocessing
 import os
 import platform
+import select
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import traceback
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 import cli
 import config
 from fileio import atomic_text, atomic_write
 import train
+import util
 from cli import ConfigError, opt
 from config import BENCHMARKS, Config, parse_args, parse_overrides, seed_list
 
@@ -73,6 +83,8 @@ NOT_FOR_REPRODUCE = {
 # settings (tune.py's MACHINE_LOCAL, plus what reproduce.py sets per cell).
 MACHINE_LOCAL = (*config.MACHINE_LOCAL, "validation", "manualSeed")
 POLL_SECONDS = {"local": 0.5, "slurm": 2.0}  # how often the driver looks at its jobs
+RESULT_KEYS = ("summary", "phases", "wall_seconds", "device", "host")  # what a complete result.json holds
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass
@@ -111,6 +123,7 @@ class Cell:
 
 def parse_command(argv: list[str]) -> tuple[list[str], ReproduceOptions, list[str]]:
     """DATASETs, reproduce.py's own options, and the --key=value Config overrides for every cell."""
+    refuse_non_utf8(argv)
     own = {f.name for f in dataclasses.fields(ReproduceOptions)}
     parser = cli.parser_for(
         "reproduce.py", __doc__, (ReproduceOptions, None), (Config, None),
@@ -125,6 +138,18 @@ def parse_command(argv: list[str]) -> tuple[list[str], ReproduceOptions, list[st
     seed_list(opts.seeds, "seeds")
     datasets = list(dict.fromkeys(opts.datasets)) or list(BENCHMARKS)
     return datasets, opts, [f"--{k}={v}" for k, v in explicit.items()]
+
+
+def refuse_non_utf8(argv: list[str]) -> None:
+    """Every argument must be text: the table quotes the command, and a path with a byte that is not
+    UTF-8 could not be written there. Refused now, not after the cells ran."""
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            name = arg.split("=", 1)[0] if arg.startswith("--") else "argument"
+            raise ConfigError(f"option {name}: {os.fsencode(arg)!r} is not valid UTF-8 (the table quotes the "
+                              f"command as text); rename that path") from None
 
 
 def script_config(dataset: str, overrides: list[str]) -> Config:
@@ -157,9 +182,17 @@ def cell_settings(cfg: Config) -> dict:
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in MACHINE_LOCAL}
 
 
+def cell_config(script_cfg: Config, seed: int, cell_dir: Path) -> Config:
+    """A cell's Config: its script's with the command's overrides, this seed, the cell's folder as out_dir."""
+    return dataclasses.replace(script_cfg, manualSeed=seed, out_dir=str(Path(cell_dir).resolve()), select="test",
+                               seeds="")
+
+
 def make_plan(datasets: list[str], opts: ReproduceOptions, overrides: list[str]) -> tuple[list[Cell], Path, Path]:
     """Every cell's config (bad overrides fail here, before anything runs) and directory."""
     configs = {d: parse_overrides(script_config(d, overrides), overrides) for d in datasets}
+    if not configs[datasets[0]].out_dir.strip():
+        raise ConfigError("option --out_dir: empty (it would write into the working directory); name a folder")
     out_root = Path(configs[datasets[0]].out_dir) / "reproduce"
     settings = settings_name(overrides)
     cells_root = out_root / "cells" / settings
@@ -168,8 +201,7 @@ def make_plan(datasets: list[str], opts: ReproduceOptions, overrides: list[str])
     for d in datasets:
         for seed in seed_list(opts.seeds):
             cell_dir = cells_root / f"{d}-seed{seed}"
-            cfg = dataclasses.replace(configs[d], manualSeed=seed, out_dir=str(cell_dir.resolve()), select="test",
-                                      seeds="")
+            cfg = cell_config(configs[d], seed, cell_dir)
             check_same_settings(cell_dir, cfg)
             cells.append(Cell(d, seed, cfg, cell_dir))
     return cells, table_dir, cells_root
@@ -177,11 +209,10 @@ def make_plan(datasets: list[str], opts: ReproduceOptions, overrides: list[str])
 
 def check_same_settings(cell_dir: Path, cfg: Config) -> None:
     """A cell folder holds runs of one set of settings: refuse to mix in others (an edited script)."""
-    path = cell_dir / "cell.json"
-    if not path.is_file():
+    record = read_record(cell_dir / "cell.json", ("settings",), warn=False)  # damaged: named when results are read
+    if record is None:
         return
-    saved = json.loads(path.read_text())["settings"]
-    now = cell_settings(cfg)
+    saved, now = record["settings"], cell_settings(cfg)
     defaults = dataclasses.asdict(Config())
     diff = [k for k in sorted(set(saved) | set(now)) if saved.get(k, defaults.get(k)) != now.get(k, defaults.get(k))]
     if diff:
@@ -191,70 +222,240 @@ def check_same_settings(cell_dir: Path, cfg: Config) -> None:
                           f"folder, or pass another --out_dir")
 
 
+def check_same_data(cells: list[Cell]) -> None:
+    """Refuse a cell computed on other files than this command reads (another --dataroot, files changed
+    since): the sha256 that its runs recorded against that of the files now, each file hashed once."""
+    import provenance
+    digests: dict[Path, str] = {}
+    for cell in cells:
+        recorded = recorded_data_files(cell)
+        if not recorded:
+            continue
+        try:
+            now = {p.name: p for p in train.data_files(cell.cfg)}
+            for path in now.values():
+                digests[path] = digests.get(path) or provenance.sha256_of(path)
+        except (util.DataError, OSError) as exc:  # e.g. a table rebuilt where the data is not
+            warning(f"{cell.label}: its data files could not be compared with those it was computed on "
+                 f"({cli_text(exc)}); its results are used as they are")
+            continue
+        for then in recorded:
+            name = Path(then["path"]).name
+            if name not in now or digests[now[name]] != then["sha256"]:
+                reads = f"reads {now[name]} (sha256 {digests[now[name]][:12]}...)" if name in now else f"reads no {name}"
+                raise ConfigError(f"{cell.dir} was computed on {then['path']} (sha256 {then['sha256'][:12]}...), "
+                                  f"this command {reads}: pass the --dataroot it was computed on, remove that "
+                                  f"folder, or pass another --out_dir")
+
+
+def recorded_data_files(cell: Cell) -> list[dict]:
+    """The data files (path, sha256) that the cell's runs recorded: their config.json, and its result.json."""
+    records = [read_record(p, warn=False) for p in sorted((cell.dir / cell.dataset).glob("*/config.json"))]
+    result = read_record(cell.dir / "result.json", RESULT_KEYS, warn=False)
+    files = [f for r in records if r for f in r.get("data_files", [])]
+    files += result["summary"].get("data_files", []) if result else []
+    return [f for f in files if isinstance(f, dict) and "path" in f and "sha256" in f]
+
+
+def read_record(path: Path, keys: tuple = (), warn: bool = True) -> dict | None:
+    """A JSON record of a cell (cell.json, result.json, a run's config.json), None when absent or damaged.
+    A damaged one (cut short, not JSON, lacking `keys`) is named in one warning line: its cell then counts
+    as not finished, and runs again (a finished run in it is read, not run again)."""
+    try:
+        record = json.loads(path.read_text())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not text
+        return _damaged(path, cli_text(exc), warn)
+    lacking = [k for k in keys if k not in record] if isinstance(record, dict) else ["its fields: not an object"]
+    if lacking:
+        return _damaged(path, f"lacks {', '.join(lacking)}", warn)
+    return record
+
+
+def _damaged(path: Path, why: str, warn: bool) -> None:
+    if warn:
+        warning(f"{path}: damaged ({why}); its cell counts as not finished")
+
+
+def finished_results(cells: list[Cell], warn: bool = True) -> dict:
+    """{(dataset, seed): result} of the cells finished on disk now (result.json and cell.json both whole)."""
+    results = {}
+    for cell in cells:
+        result = read_record(cell.dir / "result.json", RESULT_KEYS, warn)
+        if read_record(cell.dir / "cell.json", ("settings",), warn) is not None and result is not None:
+            results[(cell.dataset, cell.seed)] = result
+    return results
+
+
+def prepare_folders(*folders: Path) -> None:
+    """The output folders, made and writable, before any cell runs."""
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"option --out_dir: cannot make {folder} ({exc.strerror})") from None
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ConfigError(f"option --out_dir: {folder} is not writable")
+
+
+def cli_text(exc: Exception) -> str:
+    """An exception as one line: an OSError as 'file: reason', others as their message."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 # ----------------------------------------------------------------------------- one cell (the job)
 
 def run_cell(dataset: str, seed: int, overrides: list[str], cell_dir: str, resume: bool = True,
-             threads: int = 0, token: str = "") -> dict:
-    """One (dataset, seed) cell, in the job's process: the validation run, then the test run.
+             threads: int = 0, token: str = "", driver_pid: int = 0) -> dict:
+    """One (dataset, seed) cell: the job. Its work (cell_work) runs in a child process, so that a cell
+    killed by a signal is reported with it (the kernel's out-of-memory killer sends SIGKILL, which leaves
+    no trace in the log); the child ends with this process (die_with_parent). `driver_pid` (the local
+    executor): this job ends when the driver does, even by kill -9.
 
-    Returns the cell's record (also cell_dir/result.json, written last and atomically). A run
-    of this cell that was killed continues from its last.pt (resume=True) or starts again.
-    Bad data or a non-finite loss come back as {"error": line, "exit_code": 2 or 3}.
+    Returns the cell's record (also cell_dir/result.json), or {"error": line, "exit_code": 2 or 3}.
     """
+    # fork: this process has run nothing of torch yet (no thread pools to copy), and the child needs no
+    # second import of torch, the project and the data
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    worker = context.Process(target=_cell_process, name=f"cell {dataset} seed {seed}",
+                             args=(send, os.getpid(), dataset, seed, overrides, cell_dir, resume, threads, token))
+    worker.start()
+    send.close()
+    if driver_pid:
+        end_with(driver_pid)
+    try:
+        outcome = receive.recv()
+    except EOFError:  # the child ended without a word
+        outcome = None
+    worker.join()
+    return outcome if outcome is not None else {"error": ended_how(worker.exitcode), "exit_code": 2, "see_log": True}
+
+
+def _cell_process(send, parent: int, *args) -> None:
+    die_with_parent(parent)
+    try:
+        outcome = cell_work(*args)
+    except Exception as exc:  # a bug: its traceback goes to the job's log, its last line to the driver
+        traceback.print_exc()
+        outcome = {"error": traceback.format_exception_only(exc)[-1].strip(), "exit_code": 2, "see_log": True}
+    send.send(outcome)
+
+
+def ended_how(exitcode: int) -> str:
+    if exitcode >= 0:
+        return f"its process ended with exit code {exitcode} and no result"
+    try:
+        name = signal.Signals(-exitcode).name
+    except ValueError:
+        name = "a signal"
+    why = ": the kernel's out-of-memory killer, or a kill -9" if -exitcode == signal.SIGKILL else ""
+    return f"killed by signal {-exitcode} ({name}{why})"
+
+
+def die_with_parent(parent: int) -> None:
+    """Linux: the kernel sends this process SIGKILL when its parent ends (prctl PR_SET_PDEATHSIG)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    except (OSError, AttributeError):  # not Linux
+        return
+    if os.getppid() != parent:  # it ended before the line above
+        os._exit(1)
+
+
+def end_with(driver_pid: int) -> None:
+    """End this job when the driver process ends. Its child, submitit's local controller, outlives a
+    driver killed with kill -9 and waits for this job: a pidfd of the driver becomes readable when it ends."""
+    try:
+        pidfd = os.pidfd_open(driver_pid)
+    except ProcessLookupError:  # it ended already
+        os.kill(os.getpid(), signal.SIGKILL)
+    except (AttributeError, OSError):  # no pidfd (not Linux >= 5.3): the job outlives a killed driver
+        return
+
+    def watch():
+        select.select([pidfd], [], [])
+        os.kill(os.getpid(), signal.SIGKILL)  # and the cell's process with it (die_with_parent)
+    threading.Thread(target=watch, name="end with the driver", daemon=True).start()
+
+
+def cell_work(dataset: str, seed: int, overrides: list[str], cell_dir: str, resume: bool, threads: int,
+              token: str) -> dict:
+    """The cell: the validation run, then the test run. A run of this cell that was killed continues from
+    its last.pt (resume=True) or starts again. Bad data or a non-finite loss come back as
+    {"error": line, "exit_code": 2 or 3}; so does a full or read-only disk."""
     import torch
 
     import report
     import runs
-    import util
     if threads:
         torch.set_num_threads(threads)
-    started, folder = time.time(), Path(cell_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = open(folder / ".lock", "w")
+    started, folder, host = time.time(), Path(cell_dir), socket.gethostname()
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return {"error": f"{folder}: another job is running this cell now", "exit_code": 2}
-    try:
-        if (folder / "result.json").is_file():
-            return json.loads((folder / "result.json").read_text())
-        cfg = parse_overrides(script_config(dataset, overrides), overrides)
-        cfg = dataclasses.replace(cfg, manualSeed=seed, out_dir=str(folder), select="test", seeds="")
-        host = socket.gethostname()
-        _atomic_json(folder / "cell.json", {"dataset": dataset, "seed": seed, "overrides": overrides,
-                                            "settings": cell_settings(cfg)})
-        _atomic_json(folder / "started.json", {"token": token, "host": host, "pid": os.getpid(),
-                                               "job_id": os.environ.get("SLURM_JOB_ID", ""), "time": time.time()})
-        phases = {}
-        val, phases["validation"] = _run_phase(dataclasses.replace(cfg, validation=True, save_synthetic=""), resume)
-        test, phases["test"] = _run_phase(dataclasses.replace(cfg, validation=False), resume)
-        if "paper" in val and "paper" in test:  # --select=val's rule, as train.run_protocol applies it
-            rows = lambda s: runs.read_jsonl(Path(s["run_dir"]) / "metrics.jsonl")
-            test["val"] = report.choose_on_validation(rows(val), val["total_iterations"], rows(test),
-                                                      test["total_iterations"])
-            test["validation_run_dir"] = val["run_dir"]
-        device = runs.resolve_device(cfg.device)
-        result = {"dataset": dataset, "seed": seed, "summary": test, "phases": phases,
-                  "wall_seconds": round(time.time() - started, 1), "device": describe_device(device, torch),
-                  "host": host, "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-        _atomic_json(folder / "result.json", result)
-        return result
+        folder.mkdir(parents=True, exist_ok=True)
+        with cell_lock(folder, host):
+            cfg = cell_config(parse_overrides(script_config(dataset, overrides), overrides), seed, folder)
+            _atomic_json(folder / "cell.json", {"dataset": dataset, "seed": seed, "overrides": overrides,
+                                                "settings": cell_settings(cfg)})
+            finished = read_record(folder / "result.json", RESULT_KEYS)
+            if finished is not None:
+                return finished
+            commit = git_commit()  # the code this process runs
+            _atomic_json(folder / "started.json", {"token": token, "host": host, "pid": os.getpid(),
+                                                   "job_id": os.environ.get("SLURM_JOB_ID", ""), "time": time.time()})
+            phases = {}
+            val, phases["validation"] = _run_phase(dataclasses.replace(cfg, validation=True, save_synthetic=""), resume)
+            test, phases["test"] = _run_phase(dataclasses.replace(cfg, validation=False), resume)
+            if "paper" in val and "paper" in test:  # --select=val's rule, as train.run_protocol applies it
+                rows = lambda s: runs.read_jsonl(Path(s["run_dir"]) / "metrics.jsonl")
+                test["val"] = report.choose_on_validation(rows(val), val["total_iterations"], rows(test),
+                                                          test["total_iterations"])
+                test["validation_run_dir"] = val["run_dir"]
+            device = runs.resolve_device(cfg.device)
+            result = {"dataset": dataset, "seed": seed, "summary": test, "phases": phases,
+                      "wall_seconds": round(time.time() - started, 1), "device": describe_device(device, torch),
+                      "host": host, "commit": commit,
+                      "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+            _atomic_json(folder / "result.json", result)
+            return result
     except (ConfigError, util.DataError) as exc:
         return {"error": str(exc), "exit_code": 2}
     except runs.NonFiniteError as exc:
         return {"error": str(exc), "exit_code": 3}
-    finally:
-        lock.close()
+    except OSError as exc:  # a full or read-only disk
+        return {"error": cli_text(exc), "exit_code": 2}
+
+
+@contextlib.contextmanager
+def cell_lock(folder: Path, host: str):
+    """Hold folder/.lock while this process runs the cell. The file names its holder, for a second job,
+    which is refused (the kernel releases the lock of a process that ended, however it ended)."""
+    with open(folder / ".lock", "a+") as handle:  # a+: opening it must not erase the holder's name
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "it has not written its name yet"
+            raise util.DataError(f"{folder}: another job is running this cell now ({holder}); wait until it "
+                                 f"ends, or stop it, then run the command again") from None
+        handle.truncate(0)
+        job = os.environ.get("SLURM_JOB_ID")
+        handle.write(f"pid {os.getpid()} on {host}{f', SLURM job {job}' if job else ''}\n")
+        handle.flush()
+        yield
 
 
 def _run_phase(cfg: Config, resume: bool) -> tuple[dict, str]:
     """The run of this phase (validation or test split): read if finished, else resumed or started."""
-    import train
     parent = Path(cfg.out_dir) / cfg.dataset
     mine = []
     for run_dir in parent.iterdir() if parent.is_dir() else ():
-        path = run_dir / "config.json"
-        if path.is_file() and json.loads(path.read_text()).get("validation") == cfg.validation:
+        record = read_record(run_dir / "config.json", warn=False)  # damaged: not a run to continue
+        if record is not None and record.get("validation") == cfg.validation:
             mine.append(run_dir)
     mine.sort(key=lambda p: (p.name.split("-")[:2], int(p.name.split("-")[2]) if p.name.count("-") == 2 else 0))
     if mine:
@@ -262,7 +463,11 @@ def _run_phase(cfg: Config, resume: bool) -> tuple[dict, str]:
         if (latest / "summary.json").is_file():
             return json.loads((latest / "summary.json").read_text()), "done earlier"
         if resume and (latest / "last.pt").is_file():
-            return train.resume(cfg, [f"--resume={latest}", f"--device={cfg.device}", "--quiet"]), "resumed"
+            try:
+                return train.resume(cfg, [f"--resume={latest}", f"--device={cfg.device}", "--quiet"]), "resumed"
+            except (ConfigError, util.DataError) as exc:  # it would fail the same way on every rerun
+                raise type(exc)(f"{exc}; this cell continues {latest} on every rerun: --resume=false starts "
+                                f"that run again (keeping that folder)") from None
     return train.run(cfg), "run"
 
 
@@ -335,6 +540,10 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
+def warning(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr, flush=True)
+
+
 class Progress:
     """The ETA of the cells not finished yet, from the wall times of finished ones."""
 
@@ -355,20 +564,20 @@ class Progress:
         return f"{left} left, ETA {fmt_duration(seconds)} (~{at})"
 
 
-def run_cells(cells: list[Cell], opts: ReproduceOptions, overrides: list[str], jobs_dir: Path) -> tuple[dict, list]:
-    """Results of every cell: read when finished earlier, else run as submitit jobs. Returns
-    ({(dataset, seed): result}, [failure lines])."""
-    results, failures, todo = {}, [], []
+def run_cells(cells: list[Cell], results: dict, opts: ReproduceOptions, overrides: list[str],
+              jobs_dir: Path) -> list:
+    """Run the cells not in `results` (those finished earlier) as submitit jobs. Returns the failures:
+    [(cell, {"error": line, "exit_code": code})]."""
+    failures, todo = [], []
     n = len(cells)
     for i, cell in enumerate(cells, 1):
-        path = cell.dir / "result.json"
-        if path.is_file():
-            results[(cell.dataset, cell.seed)] = r = json.loads(path.read_text())
+        r = results.get((cell.dataset, cell.seed))
+        if r is not None:
             say(f"[{i}/{n} done] {cell.label}: finished earlier ({fmt_duration(r['wall_seconds'])}), read from {cell.dir}")
         else:
             todo.append(cell)
     if not todo:
-        return results, failures
+        return failures
     any_cuda = any(c.cfg.device != "cpu" for c in todo)
     gpus = local_gpus() if opts.executor == "local" and any_cuda else []
     limit = opts.parallel or (1 if opts.executor == "local" else len(todo))
@@ -377,10 +586,6 @@ def run_cells(cells: list[Cell], opts: ReproduceOptions, overrides: list[str], j
         threads = opts.slurm_cpus_per_task
     elif limit > 1 and "OMP_NUM_THREADS" not in os.environ:
         threads = max(1, (os.cpu_count() or 1) // limit)
-    # The jobs import this file and the project's modules: from ROOT, wherever the command was started.
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
-    jobs_dir.mkdir(parents=True, exist_ok=True)
-    share_synthetic_data(todo)
     executor = make_executor(opts, jobs_dir, any_cuda)
     import reproduce  # the job function by reference (not by value from __main__)
     progress = Progress(n, limit)
@@ -398,8 +603,10 @@ def run_cells(cells: list[Cell], opts: ReproduceOptions, overrides: list[str], j
                 else:
                     executor.update_parameters(job_name=f"gsmflow-{cell.dataset}-seed{cell.seed}")
                 token = uuid.uuid4().hex
-                job = executor.submit(reproduce.run_cell, cell.dataset, cell.seed, overrides, str(cell.dir.resolve()),
-                                      opts.resume, threads, token)
+                with mock.patch.dict(os.environ, job_environment()):  # what the job inherits, not this process
+                    job = executor.submit(reproduce.run_cell, cell.dataset, cell.seed, overrides,
+                                          str(cell.dir.resolve()), opts.resume, threads, token,
+                                          os.getpid() if opts.executor == "local" else 0)
                 running[job.job_id] = dict(job=job, cell=cell, slot=slot, token=token, started=None,
                                            submitted=time.time())
                 if opts.executor == "local":
@@ -426,8 +633,9 @@ def run_cells(cells: list[Cell], opts: ReproduceOptions, overrides: list[str], j
                     result = job.result()
                 except Exception as exc:  # a crash in the job: its traceback is in the job's log
                     lines = [l for l in str(exc).strip().splitlines() if l.strip()]
-                    result = {"error": f"{lines[-1] if lines else type(exc).__name__} (log: {job.paths.stderr})",
-                              "exit_code": 2}
+                    result = {"error": lines[-1] if lines else type(exc).__name__, "exit_code": 2, "see_log": True}
+                if result.pop("see_log", False):
+                    result["error"] += f" (log: {job.paths.stderr})"
                 elapsed = now - (entry["started"] or entry["submitted"])
                 running_elapsed = [now - (e["started"] or now) for e in running.values()]
                 if "error" in result:
@@ -435,7 +643,6 @@ def run_cells(cells: list[Cell], opts: ReproduceOptions, overrides: list[str], j
                     say(f"[{done_count}/{n} done] {cell.label}: FAILED after {fmt_duration(elapsed)}: {result['error']}; "
                         f"{progress.eta(len(pending), running_elapsed)}")
                     continue
-                results[(cell.dataset, cell.seed)] = result
                 if "resumed" not in result["phases"].values():
                     progress.durations.append(result["wall_seconds"])
                 s = result["summary"]
@@ -448,7 +655,14 @@ def run_cells(cells: list[Cell], opts: ReproduceOptions, overrides: list[str], j
         for entry in running.values():
             entry["job"].cancel(check=False)
         raise
-    return results, failures
+    return failures
+
+
+def job_environment() -> dict:
+    """The jobs import this file and the project's modules from ROOT, wherever the command was started
+    (PYTHONSAFEPATH: `python -m submitit...` would put the working directory, maybe another checkout, first)."""
+    return {"PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+            "PYTHONSAFEPATH": "1"}
 
 
 def share_synthetic_data(cells: list[Cell]) -> None:
@@ -513,6 +727,27 @@ def git_commit() -> str:
     return (head or "unknown") + (" (with uncommitted changes)" if dirty else "")
 
 
+def commit_line(cells: list[Cell], results: dict) -> str:
+    """The commit(s) the finished cells ran (each records its own): one, or each with its cells."""
+    by_commit: dict[str, list[str]] = {}
+    for c in cells:
+        if (c.dataset, c.seed) in results:
+            by_commit.setdefault(results[(c.dataset, c.seed)].get("commit", "not recorded"), []).append(c.label)
+    if len(by_commit) > 1:
+        return "Commits: " + ", ".join(f"{commit} ({', '.join(labels)})" for commit, labels in by_commit.items())
+    return f"Commit: {next(iter(by_commit), '– (no cell finished)')}"
+
+
+def data_lines(cells: list[Cell], results: dict) -> list[str]:
+    """The data files each dataset's finished cells were computed on, as their test runs recorded them."""
+    lines = ["## Data", "", "The files the finished cells were computed on (as their runs recorded them):", ""]
+    for dataset in dict.fromkeys(c.dataset for c in cells):
+        files = dict.fromkeys(f"`{f['path']}` (sha256 {f['sha256'][:12]}...)" for c in cells if c.dataset == dataset
+                              for f in results.get((c.dataset, c.seed), {}).get("summary", {}).get("data_files", []))
+        lines.append(f"- {dataset}: {', '.join(files) or 'none recorded'}")
+    return lines
+
+
 def write_table(table_dir: Path, cells: list[Cell], results: dict, command: str, synthetic: bool) -> list[Path]:
     import report
     table_dir.mkdir(parents=True, exist_ok=True)
@@ -523,7 +758,7 @@ def write_table(table_dir: Path, cells: list[Cell], results: dict, command: str,
     if published and not synthetic:
         header.append("published T1 / U / S / H")
     lines = [f"# GSMFlow: {table_dir.name}", "",
-             f"Command: `{command}`  ", f"Commit: {git_commit()}  ",
+             f"Command: `{command}`  ", f"{commit_line(cells, results)}  ",
              f"Written: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}  ",
              f"Data: {'SYNTHETIC stand-in (synthetic.py): NOT benchmark numbers' if synthetic else 'the benchmark files'}",
              "", f"Mean ± std (sample std, ddof=1) over seeds {seeds}; percentages. "
@@ -556,18 +791,20 @@ def write_table(table_dir: Path, cells: list[Cell], results: dict, command: str,
         lines.append("Published numbers: not shown. Neither authors' README "
                      "(https://github.com/uqzhichen/GSMFlow, https://github.com/uqzhichen/GSMFlow_TMM) states them, "
                      "and no table of the paper could be checked when this script was written (reproduce.PUBLISHED).")
-    lines += ["", "## Cells", "", "| dataset | seed | ZSL T1 (paper) | H (paper) | H (val) | H (last) | wall time | device | host | cell |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "## Cells", "", "| dataset | seed | ZSL T1 (paper) | H (paper) | H (val) | H (last) | wall time | device | "
+              "host | commit | cell |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in cells:
         r = results.get((c.dataset, c.seed))
         if r is None:
-            lines.append(f"| {c.dataset} | {c.seed} | not finished | | | | | | | `{c.dir}` |")
+            lines.append(f"| {c.dataset} | {c.seed} | not finished | | | | | | | | `{c.dir}` |")
             continue
         s = r["summary"]
         get = lambda rule, m: f"{s[rule][m]:.2f}" if rule in s and m in s[rule] else "–"
         wall = fmt_duration(r["wall_seconds"]) + (" (resumed)" if "resumed" in r["phases"].values() else "")
         lines.append(f"| {c.dataset} | {c.seed} | {get('paper', 'T1')} | {get('paper', 'H')} | {get('val', 'H')} | "
-                     f"{get('last', 'H')} | {wall} | {r['device']} | {r['host']} | `{c.dir}` |")
+                     f"{get('last', 'H')} | {wall} | {r['device']} | {r['host']} | {r.get('commit', 'not recorded')} | "
+                     f"`{c.dir}` |")
+    lines += ["", *data_lines(cells, results)]
     written = [table_dir / "table.md", table_dir / "table.csv", table_dir / "cells.csv", table_dir / "table.png"]
     atomic_text(written[0], "\n".join(lines) + "\n")
     _write_csv(written[1], [{"dataset": r["dataset"], "rule": r["rule"], "n_seeds": r["n_seeds"], "seeds": r["seeds"],
@@ -583,7 +820,8 @@ def write_table(table_dir: Path, cells: list[Cell], results: dict, command: str,
             for m in METRICS:
                 row[f"{rule}_{m}"] = round(r["summary"][rule][m], 4) if r and m in r["summary"].get(rule, {}) else ""
         row.update(wall_seconds=r["wall_seconds"] if r else "", resumed="resumed" in r["phases"].values() if r else "",
-                   device=r["device"] if r else "", host=r["host"] if r else "", cell_dir=str(c.dir))
+                   device=r["device"] if r else "", host=r["host"] if r else "",
+                   commit=r.get("commit", "not recorded") if r else "", cell_dir=str(c.dir))
         cell_rows.append(row)
     _write_csv(written[2], cell_rows)
     plot_h(written[3], rows, table_dir.name, synthetic)
@@ -661,13 +899,22 @@ def reproduce(argv: list[str]) -> dict:
     say(f"{len(cells)} cells: {', '.join(datasets)} x seeds {opts.seeds}; cells in {cells_root}, "
         f"table in {table_dir}; executor {opts.executor}")
     t0 = time.time()
+    prepare_folders(cells_root, table_dir / "jobs")
     try:
-        results, failures = run_cells(cells, opts, overrides, table_dir / "jobs")
+        share_synthetic_data(cells)
+        check_same_data(cells)
+        failures = run_cells(cells, finished_results(cells), opts, overrides, table_dir / "jobs")
+        # The table from what is on disk now: a cell that another driver (same --out_dir) finished counts.
+        results = finished_results(cells, warn=False)
+        failures = [(c, r) for c, r in failures if (c.dataset, c.seed) not in results]
+        command = "python reproduce.py " + " ".join(argv)
+        written = write_table(table_dir, cells, results, command.strip(), synthetic)
     except KeyboardInterrupt:
         print("\nrunning cells cancelled; run the same command again to continue them", file=sys.stderr)
         raise
-    command = "python reproduce.py " + " ".join(argv)
-    written = write_table(table_dir, cells, results, command.strip(), synthetic)
+    except OSError as exc:  # a full disk, a folder made read-only meanwhile: the cells written so far stay
+        raise cli.CommandError(f"{cli_text(exc)}; the finished cells are kept in {cells_root}: run the same "
+                               f"command again once that is mended") from None
     say(f"written: {', '.join(str(p) for p in written)} ({fmt_duration(time.time() - t0)})")
     if failures:
         listed = "; ".join(f"{c.label}: {r['error']}" for c, r in failures)

@@ -94,6 +94,15 @@ def load_dataset(dataroot: str, dataset: str, layout: str = "auto", image_embedd
     With `validation`, the returned splits come from trainval alone (see `validation_rows`).
     """
     folder = Path(dataroot) / dataset
+    layout = resolve_layout(folder, dataset, layout, class_embedding)
+    if layout == "epgn":
+        return load_epgn(folder, dataset, (val_seen_share, seed) if validation else None)
+    return load_xlsa17(folder, dataset, image_embedding, class_embedding,
+                       (val_seen_share, seed) if validation else None)
+
+
+def resolve_layout(folder: Path, dataset: str, layout: str, class_embedding: str) -> str:
+    """The layout load_dataset reads folder in: "xlsa17" or "epgn"."""
     if not folder.is_dir():
         raise DataError(f"{folder}: dataset folder not found (see data/README.md, or run with --synthetic)")
     if dataset == "CUB" and class_embedding == "att":
@@ -101,12 +110,24 @@ def load_dataset(dataroot: str, dataset: str, layout: str = "auto", image_embedd
         if layout == "epgn":
             raise DataError(f"{folder / 'data.mat'}: the E-PGN layout holds CUB's 1024-d sentence vectors; "
                             f"--class_embedding=att (312-d attributes) needs res101.mat + att_splits.mat")
-        layout = "xlsa17"
-    layout = detect_layout(folder, layout)
+        return "xlsa17"
+    return detect_layout(folder, layout)
+
+
+def layout_files(folder: Path, layout: str, image_embedding: str = "res101",
+                 class_embedding: str = "att") -> tuple[Path, Path]:
+    """The two files of a dataset folder: (features, splits) in xlsa17, (data.mat, label.mat) in E-PGN."""
     if layout == "epgn":
-        return load_epgn(folder, dataset, (val_seen_share, seed) if validation else None)
-    return load_xlsa17(folder, dataset, image_embedding, class_embedding,
-                       (val_seen_share, seed) if validation else None)
+        return folder / "data.mat", folder / "label.mat"
+    return folder / f"{image_embedding}.mat", folder / f"{class_embedding}_splits.mat"
+
+
+def dataset_files(dataroot: str, dataset: str, layout: str = "auto", image_embedding: str = "res101",
+                  class_embedding: str = "att") -> tuple[Path, Path]:
+    """The files load_dataset reads with these arguments, without reading them (reproduce.py hashes them)."""
+    folder = Path(dataroot) / dataset
+    return layout_files(folder, resolve_layout(folder, dataset, layout, class_embedding), image_embedding,
+                        class_embedding)
 
 
 def validation_rows(labels: np.ndarray, trainval: np.ndarray, val_loc: np.ndarray, share: float,
@@ -140,8 +161,7 @@ def load_xlsa17(folder: Path, name: str, image_embedding: str = "res101", class_
 
     `validation=(share, seed)` replaces the three splits by `validation_rows` of trainval.
     """
-    feat_path = folder / f"{image_embedding}.mat"
-    split_path = folder / f"{class_embedding}_splits.mat"
+    feat_path, split_path = layout_files(folder, "xlsa17", image_embedding, class_embedding)
     fmat = load_mat(feat_path)
     features = mat_array(fmat, "features", feat_path, ndim=2)
     n_labels = mat_array(fmat, "labels", feat_path).size
@@ -231,7 +251,7 @@ def load_epgn(folder: Path, name: str, validation: tuple[float, int] | None = No
     """
     if validation is not None:
         return load_epgn_validation(folder, name, *validation)
-    data_path, label_path = folder / "data.mat", folder / "label.mat"
+    data_path, label_path = layout_files(folder, "epgn")
     dmat = load_mat(data_path)
     feats = {k: mat_array(dmat, k, data_path, ndim=2) for k in ("train_fea", "test_seen_fea", "test_unseen_fea")}
     seen_pro = mat_array(dmat, "seen_pro", data_path, ndim=2)
@@ -303,7 +323,7 @@ def load_epgn_validation(folder: Path, name: str, share: float, seed: int) -> GZ
     images as seen-validation, exactly as for xlsa17. Only `train_fea`, `seen_pro` and
     `train_idx` are read from the files: the test arrays are not loaded, checked or copied.
     """
-    data_path, label_path = folder / "data.mat", folder / "label.mat"
+    data_path, label_path = layout_files(folder, "epgn")
     dmat = load_mat(data_path, keys=["train_fea", "seen_pro"])
     features = mat_array(dmat, "train_fea", data_path, ndim=2)
     seen_pro = mat_array(dmat, "seen_pro", data_path, ndim=2)

@@ -1,5 +1,8 @@
 """reproduce.py: cells as real subprocess jobs, the table, resuming, bad options, a real SLURM."""
 import csv
+import dataclasses
+import errno
+import fcntl
 import json
 import os
 import re
@@ -17,6 +20,9 @@ import numpy as np
 import pytest
 
 import reproduce
+import synthetic
+import train
+import util
 from config import Config
 from conftest import ROOT
 
@@ -118,6 +124,7 @@ def test_a_killed_cell_continues_from_its_checkpoint(tmp_path, capsys):
     out, err = capsys.readouterr()
     run = found["run"]
     assert stop.value.code == 2 and "[1/1 done] APY seed 1: FAILED" in out and "1 of 1 cells failed" in err
+    assert "killed by signal 9 (SIGKILL" in out, out  # not the last line of its log
     cell_dir = run.parents[1]
     assert not (cell_dir / "result.json").exists() and not (run / "summary.json").exists()
     done_before = len((run / "metrics.jsonl").read_text().splitlines())
@@ -198,6 +205,239 @@ def test_the_table_means_stds_and_a_published_column_with_its_source(tmp_path, m
     monkeypatch.setitem(reproduce.PUBLISHED, "AWA2", {"T1": 1.0, "U": 2.0, "S": 3.0, "H": 4.0, "source": "https://x/y"})
     md = reproduce.write_table(tmp_path / "t", cells, results, "python reproduce.py AWA2", synthetic=False)[0].read_text()
     assert "| published T1 / U / S / H |" in md and "1.0 / 2.0 / 3.0 / 4.0 ([source](https://x/y))" in md
+
+
+# ----------------------------------------------------------------------------- cells in this process
+
+def plan(argv: list[str]) -> list:
+    datasets, opts, overrides = reproduce.parse_command(argv)
+    return reproduce.make_plan(datasets, opts, overrides)[0]
+
+
+def fake_result(cell, h: float = 60.0) -> dict:
+    rule = {"T1": 70.0, "U": 50.0, "S": 80.0, "H": h, "iteration": 3}
+    return {"dataset": cell.dataset, "seed": cell.seed, "summary": {"paper": rule, "val": rule, "last": rule},
+            "phases": {"validation": "run", "test": "run"}, "wall_seconds": 1.0, "device": "cpu (test)",
+            "host": "h", "commit": "0123456789ab"}
+
+
+def finish(cell, h: float = 60.0) -> dict:
+    """A finished cell on disk, as run_cell leaves it (its runs left out)."""
+    cell.dir.mkdir(parents=True, exist_ok=True)
+    (cell.dir / "cell.json").write_text(json.dumps({"settings": reproduce.cell_settings(cell.cfg)}))
+    result = fake_result(cell, h)
+    (cell.dir / "result.json").write_text(json.dumps(result))
+    return result
+
+
+class InProcess:
+    """submitit's executor as run_cells uses it: each job runs reproduce.run_cell at once, in this process."""
+
+    def __init__(self):
+        self.ran = []
+
+    def update_parameters(self, **_):
+        pass
+
+    def submit(self, function, dataset, seed, *args):
+        self.ran.append((dataset, seed))
+        job = type("Job", (), {})()
+        value = function(dataset, seed, *args)
+        job.job_id, job.paths = len(self.ran), type("Paths", (), {"stdout": "-", "stderr": "-"})()
+        job.done, job.result, job.cancel = (lambda: True), (lambda: value), (lambda check=True: None)
+        return job
+
+
+@pytest.fixture
+def in_process(monkeypatch):
+    """Cells run by `cell_job` (set it), in this process: the driver's bookkeeping without real training."""
+    executor = InProcess()
+    monkeypatch.setattr(reproduce, "make_executor", lambda *a: executor)
+    executor.cell_job = lambda cell: finish(cell)
+
+    def run_cell(dataset, seed, overrides, cell_dir, *rest):
+        (cell,) = [c for c in plan([dataset, f"--seeds={seed}", *overrides]) if c.dir == Path(cell_dir)]
+        return executor.cell_job(cell)
+    monkeypatch.setattr(reproduce, "run_cell", run_cell)
+    return executor
+
+
+def test_a_damaged_cell_file_is_named_and_the_cell_runs_again(tmp_path, capsys, in_process):
+    argv = ["APY", "--seeds=1,2,3", f"--out_dir={tmp_path}", *TINY]
+    one, two, three = plan(argv)
+    for cell in (one, two, three):
+        finish(cell)
+    cut = lambda path: path.write_text(path.read_text()[:20])  # a write cut short
+    cut(two.dir / "result.json")
+    cut(three.dir / "cell.json")
+    result = reproduce.main(argv)
+    err = capsys.readouterr().err
+    warnings = [l for l in err.splitlines() if l.startswith("warning: ")]
+    assert len(warnings) == 2 and str(two.dir / "result.json") in warnings[0] and str(three.dir / "cell.json") in warnings[1], err
+    assert "Traceback" not in err and in_process.ran == [("APY", 2), ("APY", 3)]  # cell 1 is finished
+    md = (Path(result["table_dir"]) / "table.md").read_text()
+    assert "| APY | paper protocol | 3/3 |" in md and "not finished" not in md
+
+
+def test_a_cell_another_driver_finished_counts_as_finished(tmp_path, capsys, in_process):
+    """Two drivers on one --out_dir: this one finds seed 2 locked, the other finishes it before this one ends."""
+    argv = ["APY", "--seeds=1,2", f"--out_dir={tmp_path}", *TINY]
+
+    def cell_job(cell):
+        if cell.seed == 1:
+            return finish(cell)
+        finish(cell, h=64.0)  # the other driver's job, still running when this one's job started
+        return {"error": f"{cell.dir}: another job is running this cell now (pid 1 on elsewhere)", "exit_code": 2}
+    in_process.cell_job = cell_job
+    result = reproduce.main(argv)  # no failure is left once seed 2's result is on disk
+    md = (Path(result["table_dir"]) / "table.md").read_text()
+    assert "| APY | paper protocol | 2/2 |" in md and "62.00 ± 2.83" in md and "not finished" not in md
+    assert sorted(result["results"]) == [("APY", 1), ("APY", 2)]
+
+
+def test_the_table_names_each_cells_commit(tmp_path, in_process):
+    argv = ["APY", "--seeds=1,2", f"--out_dir={tmp_path}", *TINY]
+    finish(plan(argv)[0])  # seed 1 finished earlier, at commit 0123456789ab
+
+    def at_another_commit(cell):
+        result = {**finish(cell), "commit": "fedcba987654"}
+        (cell.dir / "result.json").write_text(json.dumps(result))
+        return result
+    in_process.cell_job = at_another_commit
+    table_dir = Path(reproduce.main(argv)["table_dir"])
+    md = (table_dir / "table.md").read_text()
+    assert "Commits: 0123456789ab (APY seed 1), fedcba987654 (APY seed 2)" in md, md
+    cells = {r["seed"]: r for r in csv.DictReader(open(table_dir / "cells.csv"))}
+    assert cells["1"]["commit"] == "0123456789ab" and cells["2"]["commit"] == "fedcba987654"
+
+
+def test_a_finished_cell_is_reused_only_on_the_same_data(tmp_path, capsys):
+    """--dataroot is not part of a cell's settings: the data files' sha256 decide whether a cell is reused."""
+    roots = {name: tmp_path / name for name in ("dA", "dB")}
+    for seed, root in enumerate(roots.values(), 1):
+        synthetic.generate(root / "AWA2", "AWA2", seed=seed, per_seen=(6, 2), per_unseen=4, feature_dim=64, noise=2.0)
+    shutil.copytree(roots["dA"], tmp_path / "copy_of_dA")  # the same bytes elsewhere
+    real = [*(t for t in TINY if t != "--synthetic"), "--batchsize=16"]  # the schedule of TINY on these files
+    argv = lambda root: ["AWA2", "--seeds=1", f"--out_dir={tmp_path / 'out'}", f"--dataroot={root}", *real]
+    first = reproduce.main(argv(roots["dA"]))
+    (cell_dir,) = (tmp_path / "out" / "reproduce" / "cells").glob("*/AWA2-seed1")
+    stamps = {p: p.stat().st_mtime_ns for p in cell_dir.rglob("*") if p.is_file()}
+    r = first["results"][("AWA2", 1)]
+    assert r["commit"] == reproduce.git_commit()
+    md = (Path(first["table_dir"]) / "table.md").read_text()
+    assert f"Commit: {r['commit']}" in md and str(roots["dA"] / "AWA2" / "res101.mat") in md
+    capsys.readouterr()
+
+    with pytest.raises(SystemExit) as stop:
+        reproduce.main(argv(roots["dB"]))
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: {cell_dir} was computed on {roots['dA'] / 'AWA2'}/") and str(roots["dB"]) in err
+    assert {p: p.stat().st_mtime_ns for p in cell_dir.rglob("*") if p.is_file()} == stamps  # nothing ran
+
+    again = reproduce.main(argv(tmp_path / "copy_of_dA"))
+    assert "finished earlier" in capsys.readouterr().out and again["results"] == first["results"]
+
+
+def test_the_cells_lock_names_its_holder(tmp_path):
+    cell = plan(["APY", "--seeds=1", f"--out_dir={tmp_path}", *TINY])[0]
+    cell.dir.mkdir(parents=True)
+    with open(cell.dir / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write(f"pid 4242 on otherhost")
+        held.flush()
+        result = reproduce.run_cell("APY", 1, TINY, str(cell.dir))
+    assert result["exit_code"] == 2 and "another job is running this cell now (pid 4242 on otherhost)" in result["error"]
+    assert not (cell.dir / "started.json").exists()
+
+
+def test_a_killed_driver_takes_its_local_cells_with_it(tmp_path):
+    """Also: the jobs import this repository's modules, not those of the folder the command was started in."""
+    elsewhere = tmp_path / "another_checkout"
+    elsewhere.mkdir()
+    (elsewhere / "reproduce.py").write_text("raise SystemExit('the jobs imported another checkout')\n")
+    argv = [sys.executable, str(ROOT / "reproduce.py"), "APY", "--seeds=1", f"--out_dir={tmp_path}",
+            *tiny("--gen_nepoch=2000")]
+    driver = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=elsewhere)
+    try:
+        deadline = time.monotonic() + 120
+        started = None
+        while started is None and time.monotonic() < deadline and driver.poll() is None:
+            found = list(tmp_path.glob("reproduce/cells/*/APY-seed1/started.json"))
+            started = json.loads(found[0].read_text()) if found else None
+            time.sleep(0.1)
+        assert started is not None and _alive(started["pid"]), "the cell did not start"
+        driver.kill()  # kill -9: the driver can clean nothing up
+        driver.wait()
+        deadline = time.monotonic() + 60
+        while _alive(started["pid"]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(started["pid"]), "the cell outlived its driver"
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        if started and _alive(started["pid"]):
+            os.kill(started["pid"], signal.SIGKILL)
+
+
+def test_a_failed_resume_names_the_way_out(tmp_path, monkeypatch):
+    """A TMM run without its mined.pt cannot continue: the cell's line says that --resume=false starts it again."""
+    cell = plan(["APY", "--seeds=1", f"--out_dir={tmp_path}", *TINY, "--variant=tmm"])[0]
+    run_dir = cell.dir / "APY" / "2026-01-01_00-00-00"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({"validation": False}))
+    (run_dir / "last.pt").write_bytes(b"")
+
+    def resume(cfg, argv):
+        raise util.DataError(f"{run_dir / 'mined.pt'}: not found (a TMM run keeps its mined rows there)")
+    monkeypatch.setattr(train, "resume", resume)
+    with pytest.raises(util.DataError) as failed:
+        reproduce._run_phase(dataclasses.replace(cell.cfg, validation=False), resume=True)
+    assert str(run_dir / "mined.pt") in str(failed.value) and "--resume=false" in str(failed.value)
+
+
+def test_an_empty_or_non_utf8_out_dir_is_refused_before_anything_runs(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bad = os.fsdecode(bytes(tmp_path) + b"/out\xff")
+    for out_dir, message in (("", "option --out_dir: empty"), (bad, "option --out_dir: ")):
+        with pytest.raises(SystemExit) as stop:
+            reproduce.main(["APY", f"--out_dir={out_dir}", *TINY])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert "UTF-8" in err and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file", "read-only"])
+def test_an_unwritable_out_dir_is_one_error_line(tmp_path, capsys, where):
+    if where == "read-only" and os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    (tmp_path / "file").write_text("x")
+    out_dir = {"a file": tmp_path / "file", "under a file": tmp_path / "file" / "out", "read-only": tmp_path / "ro"}[where]
+    if where == "read-only":
+        out_dir.mkdir(mode=0o500)
+    with pytest.raises(SystemExit) as stop:
+        reproduce.main(["APY", "--seeds=1", f"--out_dir={out_dir}", *TINY])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and str(out_dir) in err, err
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_a_full_disk_while_writing_the_table_loses_nothing(tmp_path, capsys, monkeypatch, in_process):
+    argv = ["APY", "--seeds=1", f"--out_dir={tmp_path}", *TINY]
+    table_dir = Path(reproduce.main(argv)["table_dir"])
+    before = {p.name: p.read_bytes() for p in table_dir.glob("table.*")}
+    result = (plan(argv)[0].dir / "result.json").read_text()
+
+    def full(path, *_):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    monkeypatch.setattr(reproduce, "atomic_text", full)
+    with pytest.raises(SystemExit) as stop:
+        reproduce.main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith(f"error: {table_dir / 'table.md'}: No space left on device")
+    assert err.count("\n") == 1, err
+    assert {p.name: p.read_bytes() for p in table_dir.glob("table.*")} == before
+    assert (plan(argv)[0].dir / "result.json").read_text() == result
 
 
 # ----------------------------------------------------------------------------- SLURM
