@@ -80,7 +80,7 @@ def test_cells_run_as_subprocesses_then_a_second_run_only_rebuilds_the_table(tmp
         h = [results[f"{dataset}-seed{s}"]["summary"][rule]["H"] for s in (1, 2)]
         assert float(row["H_mean"]) == pytest.approx(np.mean(h), abs=1e-4)
         assert float(row["H_std"]) == pytest.approx(np.std(h, ddof=1), abs=1e-4)
-        assert row["n_seeds"] == "2" and row["synthetic"] == "True"
+        assert row["n_seeds"] == "2" and row["synthetic"] == "quick"
     md = (table_dir / "table.md").read_text()
     assert "NOT benchmark numbers" in md and md.count("| 2/2 |") == 6 and "## Cells" in md
     assert (table_dir / "table.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
