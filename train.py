@@ -39,12 +39,23 @@ def build_models(cfg: Config, data: util.GZSLData, device: torch.device, relatio
     `relation` (the TMM variant, docs/tmm.md): also the relation network, built between the
     two as the authors' TMM code builds it; returned third.
     """
-    anchor_pool = data.seen_semantics if cfg.anchors == "seen" else data.all_semantics
-    anchors = torch.from_numpy(anchor_pool[util.relative_positioning_anchors(anchor_pool)])
+    pool = anchor_pool(cfg, data)
+    anchors = torch.from_numpy(pool[util.relative_positioning_anchors(pool)])
     flow = ConditionalFlow(data.feature_dim, cfg.input_dim, cfg.num_coupling_layers, cfg.hidden_dim)
     net = RelationNet(data.seen_semantics.shape[1], data.feature_dim, cfg.hidden_dim) if relation else None
     rp = RelativePositioning(anchors, cfg.input_dim)
     return (flow.to(device), rp.to(device)) + ((net.to(device),) if relation else ())
+
+
+def anchor_pool(cfg: Config, data: util.GZSLData):
+    """The class vectors the three anchors are picked from: the seen classes', or all classes' (seen
+    rows, then unseen rows: the MM'21 reference's order). The TMM code takes all classes from the
+    dataset's own list where the layout has one: E-PGN data.mat's `attribute` (docs/tmm.md)."""
+    if cfg.anchors == "seen":
+        return data.seen_semantics
+    if cfg.variant == "tmm" and data.class_semantics is not None:
+        return data.class_semantics
+    return data.all_semantics
 
 
 def prepare_data(cfg: Config) -> util.GZSLData:
