@@ -182,9 +182,7 @@ def run(cfg: Config, resume_dir: Path | None = None, on_evaluation=None) -> dict
     """
     device = runs.resolve_device(cfg.device)
     data = prepare_data(cfg)  # bad input fails here, before a run directory exists
-    if cfg.batchsize >= len(data.train_label):
-        raise ConfigError(f"option --batchsize={cfg.batchsize}: must be smaller than the "
-                          f"{len(data.train_label)} training images")
+    check_batch_sizes(cfg, data)
     refuse_existing(cfg.save_synthetic)
     state = runs.load_checkpoint(resume_dir / "last.pt", data) if resume_dir else None
     fast.apply_speed_options(cfg)
@@ -253,6 +251,17 @@ def run(cfg: Config, resume_dir: Path | None = None, on_evaluation=None) -> dict
     summary = runs.finish_run(opened, report.summarize(rows), total_iterations=total)
     report.print_summary(log, summary, len(rows))
     return summary
+
+
+def check_batch_sizes(cfg: Config, data: util.GZSLData) -> None:
+    """Each batch size in use below the number of training rows (the sampler needs a permutation's worth)."""
+    n = len(data.train_label)
+    names = ("batchsize", "relation_batchsize") if cfg.variant == "tmm" else ("batchsize",)
+    for name in names:
+        if getattr(cfg, name) >= n:
+            split = " of the validation split" if data.split == "validation" else ""
+            raise ConfigError(f"option --{name}={getattr(cfg, name)}: must be smaller than the {n} training "
+                              f"images{split}")
 
 
 def refuse_existing(path: str) -> None:

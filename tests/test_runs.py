@@ -89,3 +89,14 @@ def test_summary_json_is_written_by_finish_run_for_every_mode(apy, tmp_path):
         assert on_disk == json.loads(json.dumps(summary))
         assert {"wall_seconds", "run_dir", "split", "data_files"} <= set(on_disk)
         runs.lock_run_dir(Path(summary["run_dir"])).close()  # released: another process may take it
+
+
+def test_a_batch_larger_than_the_validation_splits_rows_says_so(apy, tmp_path):
+    cfg = tiny_config(apy, tmp_path, batchsize=300, validation=True)  # 400 training images, 256 in validation
+    with pytest.raises(train.ConfigError, match=r"--batchsize=300: must be smaller than the 256 training images "
+                                                r"of the validation split"):
+        train.run(cfg)
+    tmm = dataclasses.replace(cfg, batchsize=64, variant="tmm", relation_batchsize=256)  # TMM: the flow's batch too
+    with pytest.raises(train.ConfigError, match=r"--relation_batchsize=256: .* 256 training images of the validation"):
+        train.run(tmm)
+    assert not (tmp_path / "APY").exists()
