@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 import provenance
-from cli import CommandError
-from fileio import atomic_text, atomic_write
+from cli import CommandError, ConfigError
+from fileio import append_text, atomic_text, atomic_write
 from util import DataError, GZSLData
 
 
@@ -67,15 +67,19 @@ def resolve_device(name: str) -> torch.device:
 def make_run_dir(out_dir: str, dataset: str) -> Path:
     """A fresh directory out_dir/dataset/<UTC timestamp>[-k]; never reuses an existing one."""
     parent = Path(out_dir) / dataset
-    parent.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    for k in range(1000):
-        path = parent / (stamp if k == 0 else f"{stamp}-{k}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for k in range(1000):
+            path = parent / (stamp if k == 0 else f"{stamp}-{k}")
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue
+    except OSError as exc:  # --out_dir is a file, on a read-only or full disk, not ours to write
+        raise ConfigError(f"option --out_dir: cannot create a run directory under {parent} "
+                          f"({exc.strerror or exc})") from None
     raise RuntimeError(f"could not create a new run directory under {parent}")
 
 
@@ -93,8 +97,7 @@ class RunLog:
             from tqdm import tqdm
             tqdm.write(text, file=sys.stdout)  # keeps an active progress bar intact
             sys.stdout.flush()
-        with open(self.log_path, "a") as f:
-            f.write(text + "\n")
+        append_text(self.log_path, text + "\n")
 
     def metrics(self, row: dict) -> None:
         self._append(self.metrics_path, row)
@@ -104,8 +107,7 @@ class RunLog:
 
     @staticmethod
     def _append(path: Path, row: dict) -> None:
-        with open(path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_text(path, json.dumps(row) + "\n")
 
     def rewind(self, rows: list[dict], iteration: int) -> None:
         """On resume: metrics as the checkpoint knows them; drop losses logged after it."""
@@ -152,7 +154,10 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def atomic_save(obj, path: Path) -> None:
     """torch.save, whole or not at all (fileio.atomic_write)."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a Python file: a full disk is then an OSError (a path: a bare RuntimeError)
+            torch.save(obj, f)
+    atomic_write(path, save)
 
 
 def write_summary(run_dir: Path, summary: dict) -> Path:

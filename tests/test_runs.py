@@ -1,6 +1,8 @@
 """Opening and closing runs (runs.open_run / finish_run): one writer per run directory, whole
 files on disk, resume only on the data the run started with, logs cut short by a kill."""
 import dataclasses
+import errno
+import gc
 import json
 import os
 from pathlib import Path
@@ -89,6 +91,52 @@ def test_summary_json_is_written_by_finish_run_for_every_mode(apy, tmp_path):
         assert on_disk == json.loads(json.dumps(summary))
         assert {"wall_seconds", "run_dir", "split", "data_files"} <= set(on_disk)
         runs.lock_run_dir(Path(summary["run_dir"])).close()  # released: another process may take it
+
+
+# ----------------------------------------------------------------------------- a disk that refuses
+
+def one_error_line(capsys, main, *args) -> str:
+    """Run a script's main; it must exit 2 with one `error:` line (no traceback). Returns that line."""
+    with pytest.raises(SystemExit) as stop:
+        main(*args)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    del stop
+    gc.collect()  # the process would have exited here: the error's frames let go of the run directory's lock
+    return err
+
+
+def test_out_dir_that_is_a_file_or_a_read_only_disk_is_one_line(apy, tmp_path, capsys, monkeypatch):
+    cfg = tiny_config(apy, tmp_path, gen_nepoch=10, eval_start=29, evl_interval=30, eval_zsl=False)
+    (tmp_path / "a_file").write_text("")
+    line = one_error_line(capsys, train.main, cfg, [f"--out_dir={tmp_path / 'a_file'}"])
+    assert "option --out_dir" in line and "a_file" in line
+
+    def read_only(self, *args, **kw):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    line = one_error_line(capsys, train.main, cfg, [f"--out_dir={tmp_path / 'ro'}"])
+    assert "option --out_dir" in line and "Read-only file system" in line
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_keeps_the_last_checkpoint(apy, tmp_path, capsys, monkeypatch):
+    cfg = tiny_config(apy, tmp_path, gen_nepoch=20, eval_start=29, evl_interval=30, eval_zsl=False)
+    real_save, saves = torch.save, []
+
+    def fills_the_disk(obj, f, *args, **kw):
+        saves.append(obj.get("iteration"))
+        if len(saves) == 3:  # best.pt and last.pt of iteration 30 are written; the disk fills at the next one
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(obj, f, *args, **kw)
+    monkeypatch.setattr(torch, "save", fills_the_disk)
+    line = one_error_line(capsys, train.main, cfg, [])
+    monkeypatch.undo()
+    (run_dir,) = (tmp_path / "APY").iterdir()
+    assert "No space left on device" in line and str(run_dir) in line and ".pt" in line
+    assert torch.load(run_dir / "last.pt", weights_only=True)["iteration"] == 30
+    assert not list(run_dir.glob(".*.tmp*"))
+    train.resume(cfg, [f"--resume={run_dir}"])  # nothing was lost: the run continues from there
+    assert [r["iteration"] for r in runs.read_jsonl(run_dir / "metrics.jsonl")] == [30, 60, 90, 120]
 
 
 def test_a_batch_larger_than_the_validation_splits_rows_says_so(apy, tmp_path):

@@ -83,8 +83,7 @@ def test_atomic_save_keeps_the_previous_checkpoint_when_a_write_dies(tmp_path, m
     runs.atomic_save({"v": torch.ones(3)}, path)
 
     def dies_midway(obj, f, *a, **k):
-        with open(f, "wb") as fh:
-            fh.write(b"partial")
+        f.write(b"partial")
         raise OSError("disk full")
     monkeypatch.setattr(torch, "save", dies_midway)
     with pytest.raises(OSError):
