@@ -197,6 +197,32 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+JSON_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def of_kind(value, kind: type) -> bool:
+    """Whether a JSON value is one of an option of type `kind` (an integer is a number; a boolean is neither)."""
+    if isinstance(value, bool) or kind is bool:
+        return isinstance(value, bool) and kind is bool
+    return isinstance(value, (int, float) if kind is float else kind)
+
+
+def saved_config(saved: dict, path, updates: dict | None = None) -> Config:
+    """The Config of a run's saved options (its config.json, less data_files), `updates` over them.
+
+    An unknown key, a value of the wrong type or out of bounds: one ConfigError naming the file and key."""
+    kinds = cli.field_types(Config)
+    for key, value in saved.items():
+        if key not in kinds:
+            raise ConfigError(f"{path}: unknown key '{key}' (not an option of Config)")
+        if not of_kind(value, kinds[key]):
+            raise ConfigError(f"{path}: key '{key}' is {value!r}, expected {JSON_KINDS[kinds[key]]}")
+    try:
+        return validate(Config(**{**saved, **(updates or {})}))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
 def seed_list(text: str, option: str = "seeds") -> list[int]:
     """'6152,1,2' -> [6152, 1, 2]: the one parser of every seed list (--seeds, --final_seeds, reproduce)."""
     meta = cli.options(Config)["manualSeed"].metadata

@@ -333,6 +333,32 @@ def test_tmm_run_equals_literal_reference(tmp_path):
         assert {k: g[k] for k in e} == e  # exact: same draws, same arithmetic
 
 
+# ----------------------------------------------------------------------------- resume: mined.pt belongs to its run
+
+def test_resume_refuses_a_truncated_mined_pt_or_one_from_another_run(apy, tmp_path):
+    class Stop(Exception):
+        pass
+
+    def stop(row, run_dir):
+        raise Stop
+
+    cfg = tmm_config(apy, tmp_path, gen_nepoch=10, eval_start=29, evl_interval=30, eval_zsl=False, relation_nepoch=1,
+                     loops_adv=2, classifier_epochs=3)
+    for seed in (1, 2):
+        with pytest.raises(Stop):
+            train.run(dataclasses.replace(cfg, manualSeed=seed), on_evaluation=stop)
+    first, second = sorted((tmp_path / "APY").iterdir(), key=lambda d: runs.read_config(d)["manualSeed"])
+    own = (second / "mined.pt").read_bytes()
+    (second / "mined.pt").write_bytes(own[:len(own) // 2])
+    with pytest.raises(util.DataError, match=r"mined.pt: not a loadable file of mined rows \("):
+        train.resume(cfg, [f"--resume={second}"])
+    (second / "mined.pt").write_bytes((first / "mined.pt").read_bytes())  # same data, another run's rows
+    with pytest.raises(util.DataError, match=r"mined.pt: not the mined rows .*last.pt"):
+        train.resume(cfg, [f"--resume={second}"])
+    (second / "mined.pt").write_bytes(own)
+    assert train.resume(cfg, [f"--resume={second}"])["last"]
+
+
 # ----------------------------------------------------------------------------- E-PGN: anchors from `attribute`
 
 def test_tmm_anchors_on_the_epgn_layout_come_from_data_mats_attribute(epgn_root):
