@@ -9,7 +9,8 @@ and choices live there and nowhere else. `parse(options, argv)` turns a command 
   booleans accept only true/false/1/0/yes/no; a key given twice is an error;
 - `~` is expanded in paths; benchmark names are case-insensitive (awa2 = AWA2);
 - `--help` lists every option with its help text and default, and exits 0;
-- exit codes: 0 done; 2 bad input (an option, a file, the data: one line naming it);
+- exit codes: 0 done; 2 bad input (an option, a file, the data: one line naming it), or a
+  disk that refuses a file (full, read-only, not writable: one line naming the file);
   3 a loss or parameters became non-finite; 130 interrupted (Ctrl-C); 1 an unexpected error
   (a bug: Python's traceback).
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import errno
 import math
 import os
 import sys
@@ -267,6 +269,12 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> dict:
     return {k: v for k, v in given.items() if v is not argparse.SUPPRESS and v != argparse.SUPPRESS}
 
 
+# Failures of the machine, not of the program: a full or read-only disk, a folder this user may not
+# write, a path that runs through a regular file. One line naming the file (exit code 2), no traceback.
+MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                            errno.EISDIR})
+
+
 def main_guard(function, *args, **kwargs):
     """Run a command's body with the exit codes of the convention above."""
     try:
@@ -274,6 +282,11 @@ def main_guard(function, *args, **kwargs):
     except CommandError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
+    except OSError as exc:
+        if exc.errno not in MACHINE_ERRNOS:
+            raise
+        print(f"error: {exc.filename + ': ' if exc.filename else ''}{exc.strerror}", file=sys.stderr)
+        raise SystemExit(CommandError.exit_code) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None

@@ -18,6 +18,7 @@ from benchmarks import NAMES as BENCHMARKS
 from cli import ConfigError, opt  # noqa: F401 (ConfigError: config's API)
 
 POS, NONNEG = dict(low=0, low_open=True), dict(low=0)
+COUNT = dict(high=100_000)  # a schedule count beyond this is a typo, not a plan (26 digits would train forever)
 
 
 @dataclass
@@ -44,7 +45,8 @@ class Config:
     input_dim: int = opt(1024, "size of the global semantic vector (the flow's condition)", "architecture", **POS)
 
     # --- flow training ---
-    gen_nepoch: int = opt(500, "flow epochs; iterations = floor(N_train / batchsize) * gen_nepoch", "schedule", **POS)
+    gen_nepoch: int = opt(500, "flow epochs; iterations = floor(N_train / batchsize) * gen_nepoch", "schedule", **POS,
+                          **COUNT)
     lr: float = opt(3e-4, "Adam learning rate of the flow", "schedule", **NONNEG,
                     tune=("factor", 1 / 3, 3.0))  # the authors: 3e-4 everywhere
     weight_decay: float = opt(3e-6, "Adam weight decay of the flow", "schedule", **NONNEG,
@@ -67,7 +69,7 @@ class Config:
     evl_interval: int = opt(500, "... that are multiples of this", "evaluation", **POS)
     classifier_lr: float = opt(1e-3, "Adam learning rate of the softmax classifiers", "evaluation", **NONNEG,
                                tune=("factor", 1 / 3, 3.0))  # the authors: 1e-3 .. 1e-2
-    classifier_epochs: int = opt(30, "epochs of each softmax classifier", "evaluation", **POS)
+    classifier_epochs: int = opt(30, "epochs of each softmax classifier", "evaluation", **POS, **COUNT)
     classifier_batch: int = opt(1200, "batch size of the softmax classifiers", "evaluation", **POS)
     eval_zsl: bool = opt(True, "also train the unseen-only (ZSL) softmax at each evaluation", "evaluation")
 
@@ -114,7 +116,7 @@ class Config:
                                "before flow training, with the script's TMM settings block", "variant",
                        choices=("mm21", "tmm"))
     relation_nepoch: int = opt(50, "relation-network epochs of floor(N_train / batchsize) iterations (+1 iteration)",
-                               "variant", low=0)
+                               "variant", low=0, **COUNT)
     relation_batchsize: int = opt(200, "relation-network batch; quirk: under tmm the flow's batch too", "variant",
                                   **POS)
     relation_lr: float = opt(1e-3, "relation-network Adam learning rate", "variant", **NONNEG,
@@ -124,7 +126,7 @@ class Config:
                         tune=("factor", 0.2, 5.0))  # the authors: 20 .. 100
     aug_wd: float = opt(0.0, "mining: SGD weight decay", "variant", **NONNEG)
     aug_mt: float = opt(0.0, "mining: SGD momentum", "variant", **NONNEG)
-    loops_adv: int = opt(20, "mining: SGD steps per batch", "variant", **POS,
+    loops_adv: int = opt(20, "mining: SGD steps per batch", "variant", **POS, **COUNT,
                          tune=("factor", 0.5, 2.0))  # the authors: 20 .. 30
     entropy_weight: float = opt(10.0, "mining: weight of the entropy (maximised)", "variant", **NONNEG,
                                 tune=("factor", 0.1, 10.0))  # the authors: 1 .. 20
@@ -222,6 +224,34 @@ def validate(cfg: Config) -> Config:
             or cfg.device.endswith(":"):
         raise ConfigError(f"{DEVICE_HELP}, got {cfg.device!r}")
     return cfg
+
+
+JSON_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def of_kind(value, kind: type) -> bool:
+    """Whether a JSON value is one of an option of type `kind` (an integer is a number; a boolean is neither)."""
+    if isinstance(value, bool) or kind is bool:
+        return isinstance(value, bool) and kind is bool
+    return isinstance(value, (int, float) if kind is float else kind)
+
+
+def saved_config(saved: dict, path, updates: dict | None = None) -> Config:
+    """The Config of a run's saved options (its config.json, less data_files), `updates` over them.
+
+    An unknown key, a value of the wrong type or out of bounds: one ConfigError naming the file and key."""
+    kinds = cli.field_types(Config)
+    if "synthetic" in saved:  # a boolean before --synthetic=full existed
+        saved = {**saved, "synthetic": standin(saved["synthetic"])}
+    for key, value in saved.items():
+        if key not in kinds:
+            raise ConfigError(f"{path}: unknown key '{key}' (not an option of Config)")
+        if not of_kind(value, kinds[key]):
+            raise ConfigError(f"{path}: key '{key}' is {value!r}, expected {JSON_KINDS[kinds[key]]}")
+    try:
+        return validate(Config(**{**saved, **(updates or {})}))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def seed_list(text: str, option: str = "seeds") -> list[int]:

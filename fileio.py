@@ -17,7 +17,9 @@ def temporary_name(path: Path) -> Path:
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """`write(tmp)` writes the content to `tmp`; it becomes `path` only once complete and on disk."""
+    """`write(tmp)` writes the content to `tmp`; it becomes `path` only once complete and on disk.
+
+    An OSError (a full or read-only disk) comes out naming `path`, not the temporary file."""
     path = Path(path)
     tmp = temporary_name(path)
     try:
@@ -26,6 +28,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         sync_folder(path.parent)
+    except OSError as exc:
+        raise naming(exc, path, f"not written; any earlier {path.name} is intact") from exc
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -34,6 +38,21 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
 
 def atomic_text(path: Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def append_text(path: Path, text: str) -> None:
+    """Append to a log; an OSError comes out naming `path` (a write error alone names no file)."""
+    try:
+        with open(path, "a") as f:
+            f.write(text)
+    except OSError as exc:
+        raise naming(exc, path) from exc
+
+
+def naming(exc: OSError, path: Path, note: str = "") -> OSError:
+    """The same error (errno, so the same OSError subclass) with `path` as its file name, for cli's one line."""
+    reason = exc.strerror or str(exc)
+    return OSError(exc.errno, f"{reason} ({note})" if note else reason, str(path))
 
 
 def sync_folder(folder: Path) -> None:

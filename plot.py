@@ -27,7 +27,7 @@ import evaluate  # noqa: E402
 import runs  # noqa: E402
 import util  # noqa: E402
 from cli import opt  # noqa: E402
-from config import Config  # noqa: E402
+from config import saved_config  # noqa: E402
 
 
 @dataclass
@@ -68,9 +68,7 @@ def plot_tsne(run_dir: Path, checkpoint: str = "best.pt", per_class: int = 200, 
     from sklearn.manifold import TSNE
 
     import train
-    saved = runs.read_config(run_dir)
-    saved.pop("data_files", None)  # the run's provenance record, not an option
-    cfg = Config(**saved)
+    cfg = saved_config(runs.read_options(run_dir), run_dir / "config.json")
     data = train.prepare_data(cfg)
     ckpt = runs.load_checkpoint(run_dir / checkpoint, data)
     cfg, flow, rp = train.load_models(cfg, data, ckpt, torch.device("cpu"))

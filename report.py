@@ -52,6 +52,9 @@ def print_summary(log, s: dict, n_evals: int) -> None:
     for rule, text in (("paper", PAPER_RULE), ("last", LAST_RULE)):
         log.print(f"[{text}]")
         log.print("  " + fmt_row(s[rule]))
+    if "val" in s:  # the test half of --select=val
+        log.print(f"[{VAL_RULE}; validation run {s['validation_run_dir']}]")
+        log.print("  " + fmt_row(s["val"]) + f", classifier epoch {s['val']['classifier_epoch']}")
 
 
 def fmt_row(d: dict) -> str:

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 import provenance
-from cli import CommandError
-from fileio import atomic_text, atomic_write
+from cli import CommandError, ConfigError
+from fileio import append_text, atomic_text, atomic_write
 from util import DataError, GZSLData
 
 
@@ -67,15 +67,19 @@ def resolve_device(name: str) -> torch.device:
 def make_run_dir(out_dir: str, dataset: str) -> Path:
     """A fresh directory out_dir/dataset/<UTC timestamp>[-k]; never reuses an existing one."""
     parent = Path(out_dir) / dataset
-    parent.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    for k in range(1000):
-        path = parent / (stamp if k == 0 else f"{stamp}-{k}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for k in range(1000):
+            path = parent / (stamp if k == 0 else f"{stamp}-{k}")
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue
+    except OSError as exc:  # --out_dir is a file, on a read-only or full disk, not ours to write
+        raise ConfigError(f"option --out_dir: cannot create a run directory under {parent} "
+                          f"({exc.strerror or exc})") from None
     raise RuntimeError(f"could not create a new run directory under {parent}")
 
 
@@ -93,8 +97,7 @@ class RunLog:
             from tqdm import tqdm
             tqdm.write(text, file=sys.stdout)  # keeps an active progress bar intact
             sys.stdout.flush()
-        with open(self.log_path, "a") as f:
-            f.write(text + "\n")
+        append_text(self.log_path, text + "\n")
 
     def metrics(self, row: dict) -> None:
         self._append(self.metrics_path, row)
@@ -104,8 +107,7 @@ class RunLog:
 
     @staticmethod
     def _append(path: Path, row: dict) -> None:
-        with open(path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_text(path, json.dumps(row) + "\n")
 
     def rewind(self, rows: list[dict], iteration: int) -> None:
         """On resume: metrics as the checkpoint knows them; drop losses logged after it."""
@@ -125,10 +127,38 @@ def read_config(run_dir: Path) -> dict:
     path = run_dir / "config.json"
     if not path.is_file():
         raise DataError(f"{path}: not found (not a run directory)")
+    saved = read_json(path)
+    if not isinstance(saved, dict):
+        raise DataError(f"{path}: not a JSON object of options")
+    return saved
+
+
+def read_json(path: Path):
+    """A JSON file's content; one that does not parse is one DataError line naming it."""
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
+
+
+def read_options(run_dir: Path) -> dict:
+    """A run's options as config.json holds them (without its data-file record)."""
+    saved = read_config(run_dir)
+    saved.pop("data_files", None)
+    return saved
+
+
+def same_options_as_checkpoint(run_dir: Path, checkpoint: dict, may_change: tuple[str, ...]) -> None:
+    """--resume: config.json must hold the options last.pt was trained with (a hand edit would mix
+    settings within one run), but for the run-control options `may_change`; a missing key differs too."""
+    saved = read_options(run_dir)
+    absent = object()
+    for key in sorted((set(saved) | set(checkpoint)) - set(may_change)):
+        here, there = saved.get(key, absent), checkpoint.get(key, absent)
+        if here != there:
+            shown = lambda v: "missing" if v is absent else repr(v)
+            raise DataError(f"{run_dir / 'config.json'}: key '{key}' is {shown(here)} there but {shown(there)} in "
+                            f"last.pt, which the run was trained with (edited by hand?); restore it to resume")
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -152,11 +182,46 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def atomic_save(obj, path: Path) -> None:
     """torch.save, whole or not at all (fileio.atomic_write)."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a Python file: a full disk is then an OSError (a path: a bare RuntimeError)
+            torch.save(obj, f)
+    atomic_write(path, save)
+
+
+def load_torch(path: Path, what: str):
+    """torch.load(weights_only=True) on the CPU; a file that does not load is one DataError line."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(f"{path}: not a loadable {what} ({type(exc).__name__}: "
+                        f"{(str(exc).splitlines() or [''])[0][:200]})") from None
 
 
 def write_summary(run_dir: Path, summary: dict) -> Path:
     return atomic_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    """A finished run's summary.json (finish_run writes it last), or None while the run is not finished."""
+    path = run_dir / "summary.json"
+    return read_json(path) if path.is_file() else None
+
+
+PROTOCOL = "protocol.json"  # which half of a --select=val protocol a run is (train.run_protocol)
+
+
+def read_protocol(run_dir: Path) -> dict:
+    """The run's protocol.json, {} for a run on its own."""
+    path = run_dir / PROTOCOL
+    if not path.is_file():
+        return {}
+    record = read_json(path)
+    required = {"validation": (), "test": ("validation_run", "validation_total_iterations")}
+    if not (isinstance(record, dict) and record.get("half") in required
+            and all(key in record for key in required[record["half"]])):
+        raise DataError(f"{path}: not a record of a --select=val half (keys: 'half' validation, or 'half' test "
+                        f"with 'validation_run' and 'validation_total_iterations')")
+    return record
 
 
 # ----------------------------------------------------------------------------- open and close
@@ -196,14 +261,17 @@ def same_data_as_before(run_dir: Path, data_files: list[dict]) -> None:
 
 
 def open_run(cfg, data: GZSLData, device: torch.device, resume_dir: Path | None = None,
-             what: str = "") -> Run:
-    """Start a run (seeds, a new run directory, config.json) or continue `resume_dir`; log the header."""
+             what: str = "", protocol: dict | None = None) -> Run:
+    """Start a run (seeds, a new run directory, config.json, and `protocol` as protocol.json when it
+    is a half of a --select=val protocol) or continue `resume_dir`; log the header."""
     data_files = provenance.describe_files(data.files)  # size + sha256: which features produced the numbers
     if resume_dir is None:
         set_seeds(cfg.manualSeed)
         run_dir = make_run_dir(cfg.out_dir, cfg.dataset)
         lock = lock_run_dir(run_dir)
         write_config(run_dir, cfg, data_files)
+        if protocol:  # before any training: a kill from here on leaves a run that knows its protocol
+            atomic_text(run_dir / PROTOCOL, json.dumps(protocol, indent=2) + "\n")
     else:
         run_dir = resume_dir
         lock = lock_run_dir(run_dir)
@@ -243,11 +311,7 @@ def load_checkpoint(path: Path, data: GZSLData) -> dict:
     """torch.load(weights_only=True), refusing files for other data (one-line DataError)."""
     if not path.is_file():
         raise DataError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DataError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:200]})") from None
+    ckpt = load_torch(path, "checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise DataError(f"{path}: not a GSMFlow checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
     theirs, ours = ckpt["data"], data.signature()

@@ -23,11 +23,12 @@ import cli
 import config
 import fast
 import mining
+import provenance
 import report
 import runs
 import util
 from config import (ARCHITECTURE, BENCHMARKS, RUN_CONTROL, SYNTHETIC_TMM_SCHEDULE, Config, ConfigError, parse_args,
-                    parse_overrides, seed_list, validate)
+                    parse_overrides, saved_config, seed_list)
 from fileio import atomic_text
 from evaluate import Evaluator, save_synthetic
 from models import ConditionalFlow, RelationNet, RelativePositioning
@@ -39,8 +40,8 @@ def build_models(cfg: Config, data: util.GZSLData, device: torch.device, relatio
     `relation` (the TMM variant, docs/tmm.md): also the relation network, built between the
     two as the authors' TMM code builds it; returned third.
     """
-    anchor_pool = data.seen_semantics if cfg.anchors == "seen" else data.all_semantics
-    anchors = torch.from_numpy(anchor_pool[util.relative_positioning_anchors(anchor_pool)])
+    pool = anchor_pool(cfg, data)
+    anchors = torch.from_numpy(pool[util.relative_positioning_anchors(pool)])
     flow = ConditionalFlow(data.feature_dim, cfg.input_dim, cfg.num_coupling_layers, cfg.hidden_dim)
     net = RelationNet(data.seen_semantics.shape[1], data.feature_dim, cfg.hidden_dim) if relation else None
     rp = RelativePositioning(anchors, cfg.input_dim)
@@ -55,6 +56,17 @@ def data_source(cfg: Config) -> dict:
                     layout="xlsa17", image_embedding="res101", class_embedding=cfg.class_embedding)
     return dict(dataroot=cfg.dataroot, dataset=cfg.dataset, layout=cfg.layout, image_embedding=cfg.image_embedding,
                 class_embedding=cfg.class_embedding)
+
+
+def anchor_pool(cfg: Config, data: util.GZSLData):
+    """The class vectors the three anchors are picked from: the seen classes', or all classes' (seen
+    rows, then unseen rows: the MM'21 reference's order). The TMM code takes all classes from the
+    dataset's own list where the layout has one: E-PGN data.mat's `attribute` (docs/tmm.md)."""
+    if cfg.anchors == "seen":
+        return data.seen_semantics
+    if cfg.variant == "tmm" and data.class_semantics is not None:
+        return data.class_semantics
+    return data.all_semantics
 
 
 def prepare_data(cfg: Config) -> util.GZSLData:
@@ -106,6 +118,7 @@ class Trainer:
         self.iters_per_epoch = math.ceil(n_train / cfg.batchsize)  # what StepLR counts (not the sampler's epochs)
         self.next_iteration = 0
         self.mined, self.mining_stats = None, {}
+        self.mined_sha256 = None  # of the run's mined.pt (TMM), once written: last.pt ties the run to that file
         if tmm:  # where the TMM variant diverges: mine boundary samples before the first flow step
             self._add_mined_rows(relation[0], mined)
         # On CUDA the host keeps ahead of the GPU: noise drawn ahead, `backward` as one CUDA graph (fast.py)
@@ -197,7 +210,7 @@ class Trainer:
         return {"next_iteration": self.next_iteration, "flow": self.flow.state_dict(),
                 "relative_positioning": self.rp.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
-                "rng": runs.rng_state()}
+                "rng": runs.rng_state(), **({"mined_sha256": self.mined_sha256} if self.mined is not None else {})}
 
     def load_state_dict(self, state: dict) -> None:
         self.flow.load_state_dict(state["flow"])
@@ -207,37 +220,34 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         runs.set_rng_state(state["rng"])
         self.next_iteration = state["next_iteration"]
+        self.mined_sha256 = state.get("mined_sha256")
 
 
-def run(cfg: Config, resume_dir: Path | None = None, on_evaluation=None) -> dict:
+def run(cfg: Config, resume_dir: Path | None = None, on_evaluation=None, protocol: dict | None = None) -> dict:
     """Train and evaluate once (or continue `resume_dir`); returns the summary (also in summary.json).
 
     `on_evaluation(row, run_dir)`, if given, is called after each evaluation's row is logged and
     its checkpoints written (tune.py reports it to Optuna); an exception it raises ends the run.
+    `protocol`: which half of a --select=val protocol a new run is (run_protocol; protocol.json).
     """
     device = runs.resolve_device(cfg.device)
     data = prepare_data(cfg)  # bad input fails here, before a run directory exists
-    if cfg.batchsize >= len(data.train_label):
-        raise ConfigError(f"option --batchsize={cfg.batchsize}: must be smaller than the "
-                          f"{len(data.train_label)} training images")
+    check_batch_sizes(cfg, data)
     refuse_existing(cfg.save_synthetic)
     state = runs.load_checkpoint(resume_dir / "last.pt", data) if resume_dir else None
+    mined = None
+    if state is not None:  # config.json edited by hand since last.pt was written: refused, not mixed in
+        runs.same_options_as_checkpoint(resume_dir, state["config"], RUN_CONTROL)
+        if cfg.variant == "tmm":
+            mined = load_mined(resume_dir / MINED, state["trainer"].get("mined_sha256"))
+    protocol = runs.read_protocol(resume_dir) if resume_dir else protocol or {}
     fast.apply_speed_options(cfg)
-    opened = runs.open_run(cfg, data, device, resume_dir)
+    opened = runs.open_run(cfg, data, device, resume_dir, protocol=protocol)
     log = opened.log
     if cfg.bf16 and fast.slow_bf16_matmul(device):
         log.print("warning: --bf16 on a CPU without native bf16 matrix products: far slower than fp32 here")
 
-    mined = load_mined(resume_dir / MINED, data) if state is not None and cfg.variant == "tmm" else None
-    trainer = Trainer(cfg, data, device, mined=mined)
-    if trainer.mining_stats:
-        st = trainer.mining_stats
-        log.print(f"TMM: relation network {st['relation_iterations']} iterations (MSE {st['relation_loss_first']:.4f} "
-                  f"-> {st['relation_loss_last']:.4f}); mined {st['mined_rows']} rows in {st['mined_batches']} batches "
-                  f"(entropy {st['entropy_before']:.4f} -> {st['entropy_after']:.4f}, own class still top for "
-                  f"{100 * st['kept']:.1f}%; {st['mining_seconds']:.0f}s); the flow trains on "
-                  f"{len(trainer.train_y)} rows in batches of {trainer.sampler.batch_size}")
-        runs.atomic_save({**trainer.mined, "data": data.signature()}, opened.dir / MINED)
+    trainer = start_trainer(cfg, data, device, opened, mined)
     evaluate = Evaluator(cfg, data, device)
     rows: list[dict] = []
     if state is not None:
@@ -290,7 +300,10 @@ def run(cfg: Config, resume_dir: Path | None = None, on_evaluation=None) -> dict
     if cfg.save_synthetic and rows:
         save_synthetic(Path(cfg.save_synthetic), evaluate.synthetic, cfg.nSample, data)
         log.print(f"synthetic features of the evaluation at iteration {rows[-1]['iteration']}: {cfg.save_synthetic}")
-    summary = runs.finish_run(opened, report.summarize(rows), total_iterations=total)
+    summary = report.summarize(rows)
+    if protocol.get("half") == "test":  # computed again from the files on every resume: no kill loses it
+        summary.update(select_on_validation(opened.dir, protocol, rows, total))
+    summary = runs.finish_run(opened, summary, total_iterations=total)
     report.print_summary(log, summary, len(rows))
     return summary
 
@@ -345,6 +358,17 @@ def stop_if_not_finite(window: list[tuple[int, float, float]], last_good: str) -
                               f"stopped. Last good checkpoint: {last_good}")
 
 
+def check_batch_sizes(cfg: Config, data: util.GZSLData) -> None:
+    """Each batch size in use below the number of training rows (the sampler needs a permutation's worth)."""
+    n = len(data.train_label)
+    names = ("batchsize", "relation_batchsize") if cfg.variant == "tmm" else ("batchsize",)
+    for name in names:
+        if getattr(cfg, name) >= n:
+            split = " of the validation split" if data.split == "validation" else ""
+            raise ConfigError(f"option --{name}={getattr(cfg, name)}: must be smaller than the {n} training "
+                              f"images{split}")
+
+
 def refuse_existing(path: str) -> None:
     if path and Path(path).exists():
         raise ConfigError(f"option --save_synthetic: {path} exists; not overwriting it")
@@ -353,12 +377,35 @@ def refuse_existing(path: str) -> None:
 MINED = "mined.pt"  # TMM: the mined rows, written once per run; --resume reads them instead of mining again
 
 
-def load_mined(path: Path, data: util.GZSLData) -> dict:
+def start_trainer(cfg: Config, data: util.GZSLData, device: torch.device, opened: runs.Run,
+                  mined: dict | None) -> Trainer:
+    """The Trainer of the run; TMM: `mined`, the rows of the run being resumed (load_mined), or
+    for a new run mining, its log line and mined.pt."""
+    trainer = Trainer(cfg, data, device, mined=mined)
+    if trainer.mining_stats:
+        st = trainer.mining_stats
+        opened.log.print(
+            f"TMM: relation network {st['relation_iterations']} iterations (MSE {st['relation_loss_first']:.4f} "
+            f"-> {st['relation_loss_last']:.4f}); mined {st['mined_rows']} rows in {st['mined_batches']} batches "
+            f"(entropy {st['entropy_before']:.4f} -> {st['entropy_after']:.4f}, own class still top for "
+            f"{100 * st['kept']:.1f}%; {st['mining_seconds']:.0f}s); the flow trains on "
+            f"{len(trainer.train_y)} rows in batches of {trainer.sampler.batch_size}")
+        runs.atomic_save({**trainer.mined, "data": data.signature()}, opened.dir / MINED)
+        trainer.mined_sha256 = provenance.sha256_of(opened.dir / MINED)
+    return trainer
+
+
+def load_mined(path: Path, sha256: str | None) -> dict:
+    """The rows a TMM run mined: its mined.pt, which must be the very file its last.pt records
+    (`sha256`): a file cut short, or copied from another run, is refused in one line."""
     if not path.is_file():
         raise util.DataError(f"{path}: not found (a TMM run keeps its mined rows there; start the run again)")
-    mined = torch.load(path, map_location="cpu", weights_only=True)
-    if mined.get("data") != data.signature():
-        raise util.DataError(f"{path}: mined from other data than this run's")
+    mined = runs.load_torch(path, "file of mined rows")
+    digest = provenance.sha256_of(path)
+    if digest != sha256:
+        raise util.DataError(f"{path}: not the mined rows this run trained on (sha256 {digest[:12]}..., its last.pt "
+                             f"records {sha256[:12] + '...' if sha256 else 'none'}; copied from another run?); "
+                             f"put the run's own mined.pt back, or start the run again")
     return mined
 
 
@@ -366,8 +413,7 @@ def resume(defaults: Config, argv: list[str]) -> dict:
     """Continue RUN_DIR with its own config.json; only run-control options may change."""
     updates = parse_args(argv, defaults)
     run_dir = Path(updates["resume"])
-    saved = runs.read_config(run_dir)
-    saved.pop("data_files", None)  # provenance written next to the options, not an option
+    saved = runs.read_options(run_dir)
     if saved.get("dataset") != updates.get("dataset", defaults.dataset):  # own data: train.py --dataset=NAME
         script = (f"train_{saved.get('dataset')}.py" if saved.get("dataset") in BENCHMARKS
                   else f"train.py --dataset={saved.get('dataset')}")
@@ -375,10 +421,45 @@ def resume(defaults: Config, argv: list[str]) -> dict:
     changed = sorted(k for k, v in updates.items() if k not in RUN_CONTROL and saved.get(k) != v)
     if changed:
         raise ConfigError(f"option --{changed[0]} cannot change when resuming (only {', '.join(RUN_CONTROL)} can)")
-    cfg = validate(Config(**{**saved, **{k: v for k, v in updates.items() if k != "resume"}}))
+    return resume_run(run_dir, {k: v for k, v in updates.items() if k in RUN_CONTROL and k != "resume"})
+
+
+def resume_run(run_dir: Path, control: dict) -> dict:
+    """Continue run_dir with its config.json and the run-control options `control` over it. A finished
+    run is left as it is (its summary.json returned). The validation half of a --select=val protocol
+    then goes on to its test half (resumed if it got as far as a checkpoint, else started)."""
+    cfg = saved_config(runs.read_options(run_dir), run_dir / "config.json", control)
+    protocol = runs.read_protocol(run_dir)
+    half = protocol.get("half")
+    summary = runs.read_summary(run_dir)
+    if summary is None:
+        summary = continue_run(cfg, run_dir, protocol)
+    elif half != "validation":
+        if cfg.save_synthetic:
+            raise ConfigError(f"option --save_synthetic: {run_dir} has finished; export its last flow's features "
+                              f"with --eval_only={run_dir / 'last.pt'} --save_synthetic={cfg.save_synthetic}")
+        print(f"{run_dir}: finished earlier; its summary.json is kept as it is")
+    if half != "validation":
+        return summary
+    test_dir = started_test_half(run_dir)
+    if test_dir is not None:
+        return resume_run(test_dir, control)
+    test = dataclasses.replace(cfg, out_dir=str(run_dir.parent.parent),  # next to its validation half
+                               save_synthetic=cfg.save_synthetic or protocol.get("save_synthetic", ""))
+    return run_test_half(test, run_dir, summary["total_iterations"])
+
+
+def continue_run(cfg: Config, run_dir: Path, protocol: dict) -> dict:
+    """run() from run_dir's last.pt; a --select=val half's own settings (protocol.json) kept."""
+    if protocol.get("half") == "test":
+        validation_half(run_dir, protocol)  # there and finished, before any work
     if not (run_dir / "last.pt").is_file():
+        again = (f"resume its protocol with --resume={run_dir.parent / protocol['validation_run']}"
+                 if protocol.get("half") == "test" else "start the run again")
         raise util.DataError(f"{run_dir / 'last.pt'}: no checkpoint yet (the run stopped before its first "
-                             f"evaluation's checkpoint was written); start the run again")
+                             f"evaluation's checkpoint was written); {again}")
+    if protocol.get("half") == "validation":  # --save_synthetic is for its test half
+        cfg = dataclasses.replace(cfg, save_synthetic="")
     return run(cfg, resume_dir=run_dir)
 
 
@@ -419,21 +500,53 @@ def eval_only(cfg: Config) -> dict:
 
 
 def run_protocol(cfg: Config) -> dict:
-    """One run, or with --select=val a validation run that chooses and a test run that reports."""
+    """One run, or with --select=val a validation run that chooses and a test run that reports.
+
+    Each half records in its protocol.json which half it is, before it trains; the test half also
+    names its validation run, so that its val rule is computed again from that run's metrics
+    whenever it is resumed (resume_run), and --resume of the validation half finishes both."""
     if cfg.select != "val":
         return run(cfg)
-    val = run(dataclasses.replace(cfg, validation=True, select="test", save_synthetic=""))
-    test = run(dataclasses.replace(cfg, validation=False, select="test"))
-    if "paper" not in val or "paper" not in test:
-        return test
-    rows = lambda s: runs.read_jsonl(Path(s["run_dir"]) / "metrics.jsonl")
-    test["val"] = report.choose_on_validation(rows(val), val["total_iterations"], rows(test), test["total_iterations"])
-    test["validation_run_dir"] = val["run_dir"]
-    log = runs.RunLog(Path(test["run_dir"]))
-    log.print(f"[{report.VAL_RULE}; validation run {val['run_dir']}]")
-    log.print("  " + report.fmt_row(test["val"]) + f", classifier epoch {test['val']['classifier_epoch']}")
-    runs.write_summary(Path(test["run_dir"]), test)
-    return test
+    refuse_existing(cfg.save_synthetic)  # now, not after the validation half
+    val = run(dataclasses.replace(cfg, validation=True, select="test", save_synthetic=""),
+              protocol={"select": "val", "half": "validation", "save_synthetic": cfg.save_synthetic})
+    return run_test_half(cfg, Path(val["run_dir"]), val["total_iterations"])
+
+
+def run_test_half(cfg: Config, val_dir: Path, val_total: int) -> dict:
+    """The test half of --select=val, chosen by the validation run `val_dir` (of `val_total` iterations)."""
+    protocol = {"select": "val", "half": "test", "validation_run": val_dir.name,
+                "validation_total_iterations": val_total}
+    return run(dataclasses.replace(cfg, validation=False, select="test"), protocol=protocol)
+
+
+def validation_half(test_dir: Path, protocol: dict) -> Path:
+    """The finished validation run of a --select=val test half (its sibling in out_dir/<dataset>/)."""
+    val_dir = test_dir.parent / protocol["validation_run"]
+    if runs.read_summary(val_dir) is None:
+        raise util.DataError(f"{val_dir}: missing or unfinished, yet it is the validation run that chooses for "
+                             f"{test_dir} (its {runs.PROTOCOL}); put it back to resume")
+    return val_dir
+
+
+def started_test_half(val_dir: Path) -> Path | None:
+    """The test half run_protocol started after the validation half `val_dir`, once it has a checkpoint."""
+    for run_dir in sorted(p for p in val_dir.parent.iterdir() if (p / runs.PROTOCOL).is_file()):
+        if runs.read_protocol(run_dir).get("validation_run") == val_dir.name and (
+                (run_dir / "last.pt").is_file() or (run_dir / "summary.json").is_file()):
+            return run_dir
+    return None
+
+
+def select_on_validation(test_dir: Path, protocol: dict, rows: list[dict], total: int) -> dict:
+    """The val rule of a test half, from its validation run's metrics: {"val", "validation_run_dir"};
+    {} when either half has no evaluation."""
+    val_dir = validation_half(test_dir, protocol)
+    val_rows = runs.read_jsonl(val_dir / "metrics.jsonl")
+    if not (val_rows and rows):
+        return {}
+    return {"val": report.choose_on_validation(val_rows, protocol["validation_total_iterations"], rows, total),
+            "validation_run_dir": str(val_dir)}
 
 
 def run_seeds(cfg: Config) -> dict:

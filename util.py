@@ -43,6 +43,8 @@ class GZSLData:
     # Validation split only: the rows of the proposed split's training set (trainval). A run on this
     # split evaluates at the fractions of its schedule where a run on trainval would (Config.evaluations).
     reference_train: int = 0
+    class_semantics: np.ndarray | None = None  # E-PGN: data.mat's `attribute`, every class in the file's own
+                                               # order (the TMM code's all-class anchors); None in other layouts
 
     def signature(self) -> dict:
         """What a checkpoint must agree with to be used on this data."""
@@ -264,6 +266,7 @@ def load_epgn(folder: Path, name: str, validation: tuple[float, int] | None = No
     if seen_pro.shape[1] != unseen_pro.shape[1]:
         raise DataError(f"{data_path}: 'seen_pro' has {seen_pro.shape[1]} columns but 'unseen_pro' has "
                         f"{unseen_pro.shape[1]}")
+    attribute = epgn_attribute(dmat, data_path, seen_pro.shape[1])
 
     lmat = load_mat(label_path)
     label_keys = {"train_fea": "train_idx", "test_seen_fea": "test_seen_idex", "test_unseen_fea": "test_unseen_idex"}
@@ -301,7 +304,21 @@ def load_epgn(folder: Path, name: str, validation: tuple[float, int] | None = No
         test_unseen_feature=scaled["test_unseen_fea"], test_unseen_label=remap(tu, np.unique(tu)),
         seen_semantics=seen_pro.astype(np.float32), unseen_semantics=unseen_pro.astype(np.float32),
         seen_ids=np.arange(1, n_seen + 1), unseen_ids=np.arange(1, n_unseen + 1),
-        source=f"{data_path} + {label_path}", files=(data_path, label_path))
+        source=f"{data_path} + {label_path}", files=(data_path, label_path), class_semantics=attribute)
+
+
+def epgn_attribute(dmat: dict, data_path: Path, width: int) -> np.ndarray | None:
+    """data.mat's `attribute` (all classes, the file's order) as float32, or None when the file has none.
+
+    Read as it is: that it holds the classes of seen_pro and unseen_pro (as the published files
+    do) is not assumed, only that its rows are class vectors of the same width."""
+    if "attribute" not in dmat:
+        return None
+    attribute = mat_array(dmat, "attribute", data_path, ndim=2)
+    check_finite(attribute, data_path, "attribute")
+    if attribute.shape[1] != width:
+        raise DataError(f"{data_path}: 'attribute' has {attribute.shape[1]} columns but 'seen_pro' has {width}")
+    return attribute.astype(np.float32)
 
 
 # E-PGN files have no val_loc, so --validation draws as many of their seen classes as xlsa17's

@@ -56,3 +56,10 @@ def test_dataset_scripts_hold_spec_settings():
                c.class_embedding, c.anchors)
         assert got == expected, module.__name__
         assert (c.lr, c.manualSeed, c.input_dim, c.dropout, c.lr_step) == (3e-4, 6152, 1024, 0.0, 15)
+
+
+@pytest.mark.parametrize("option", ["gen_nepoch", "relation_nepoch", "classifier_epochs", "loops_adv"])
+def test_schedule_counts_have_an_upper_bound(option):
+    assert getattr(parse_overrides(Config(), [f"--{option}=100000"]), option) == 100000
+    with pytest.raises(ConfigError, match=rf"option --{option}: must be .*100000\], got 1{'0' * 25}"):
+        parse_overrides(Config(), [f"--{option}=1{'0' * 25}"])  # 26 digits: would train until the end of time

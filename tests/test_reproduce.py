@@ -149,7 +149,7 @@ def test_a_killed_cell_continues_from_its_checkpoint(tmp_path, capsys):
     (["XYZ"], "option DATASETS: 'XYZ' is not one of AWA2, APY, CUB, FLO"),
     (["--select=val"], "option --select: every cell reports all three rules"),
     (["--manualSeed=3"], "option --manualSeed: one cell per seed: use --seeds"),
-    (["--gen_nepoch=0"], "option --gen_nepoch: must be > 0"),
+    (["--gen_nepoch=0"], "option --gen_nepoch: must be in (0, 100000]"),
 ])
 def test_bad_options_fail_in_one_line_before_anything_runs(tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as stop:

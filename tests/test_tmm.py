@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.io as sio
 import torch
 from sklearn.metrics.pairwise import cosine_similarity
 from torch import nn
@@ -330,3 +331,56 @@ def test_tmm_run_equals_literal_reference(tmp_path):
     assert [r["iteration"] for r in got] == [40, 80, 120, 160] == [r["iteration"] for r in expected]
     for g, e in zip(got, expected):
         assert {k: g[k] for k in e} == e  # exact: same draws, same arithmetic
+
+
+# ----------------------------------------------------------------------------- resume: mined.pt belongs to its run
+
+def test_resume_refuses_a_truncated_mined_pt_or_one_from_another_run(apy, tmp_path):
+    class Stop(Exception):
+        pass
+
+    def stop(row, run_dir):
+        raise Stop
+
+    cfg = tmm_config(apy, tmp_path, gen_nepoch=10, eval_start=29, evl_interval=30, eval_zsl=False, relation_nepoch=1,
+                     loops_adv=2, classifier_epochs=3)
+    for seed in (1, 2):
+        with pytest.raises(Stop):
+            train.run(dataclasses.replace(cfg, manualSeed=seed), on_evaluation=stop)
+    first, second = sorted((tmp_path / "APY").iterdir(), key=lambda d: runs.read_config(d)["manualSeed"])
+    own = (second / "mined.pt").read_bytes()
+    (second / "mined.pt").write_bytes(own[:len(own) // 2])
+    with pytest.raises(util.DataError, match=r"mined.pt: not a loadable file of mined rows \("):
+        train.resume(cfg, [f"--resume={second}"])
+    (second / "mined.pt").write_bytes((first / "mined.pt").read_bytes())  # same data, another run's rows
+    with pytest.raises(util.DataError, match=r"mined.pt: not the mined rows .*last.pt"):
+        train.resume(cfg, [f"--resume={second}"])
+    (second / "mined.pt").write_bytes(own)
+    assert train.resume(cfg, [f"--resume={second}"])["last"]
+
+
+# ----------------------------------------------------------------------------- E-PGN: anchors from `attribute`
+
+def test_tmm_anchors_on_the_epgn_layout_come_from_data_mats_attribute(epgn_root):
+    """Their TMM code takes the all-class anchors from data.mat's `attribute`, not seen_pro + unseen_pro."""
+    path = epgn_root / "FLO" / "data.mat"
+    mat = {k: v for k, v in sio.loadmat(str(path)).items() if not k.startswith("__")}
+    extra = np.full((1, mat["attribute"].shape[1]), 1e-3)
+    extra[0, 0] = 1.0  # a class in neither seen_pro nor unseen_pro, unlike every other: the smallest row sum
+    attribute = np.concatenate([mat["attribute"], extra])
+    sio.savemat(path, {**mat, "attribute": attribute})
+    data = util.load_dataset(str(epgn_root), "FLO")
+    picked = lambda pool: torch.from_numpy(pool[util.relative_positioning_anchors(pool)].astype(np.float32))
+    small = dict(anchors="all", hidden_dim=16, input_dim=8, num_coupling_layers=1)
+    _, rp, _ = train.build_models(Config(variant="tmm", **small), data, torch.device("cpu"), relation=True)
+    assert torch.equal(rp.anchors, picked(attribute)) and not torch.equal(rp.anchors, picked(data.all_semantics))
+    _, mm21 = train.build_models(Config(**small), data, torch.device("cpu"))  # the MM'21 method: as before
+    assert torch.equal(mm21.anchors, picked(data.all_semantics))
+
+    sio.savemat(path, {k: v for k, v in mat.items() if k != "attribute"})  # files without it: seen + unseen
+    _, rp, _ = train.build_models(Config(variant="tmm", **small), util.load_dataset(str(epgn_root), "FLO"),
+                                  torch.device("cpu"), relation=True)
+    assert torch.equal(rp.anchors, picked(data.all_semantics))
+    sio.savemat(path, {**mat, "attribute": attribute[:, :-1]})
+    with pytest.raises(util.DataError, match=r"data.mat: 'attribute' has \d+ columns but 'seen_pro' has"):
+        util.load_dataset(str(epgn_root), "FLO")

@@ -83,8 +83,7 @@ def test_atomic_save_keeps_the_previous_checkpoint_when_a_write_dies(tmp_path, m
     runs.atomic_save({"v": torch.ones(3)}, path)
 
     def dies_midway(obj, f, *a, **k):
-        with open(f, "wb") as fh:
-            fh.write(b"partial")
+        f.write(b"partial")
         raise OSError("disk full")
     monkeypatch.setattr(torch, "save", dies_midway)
     with pytest.raises(OSError):
@@ -223,7 +222,8 @@ def test_plot_command_writes_curves_and_tsne_from_the_run_dir_alone(apy, tmp_pat
 def test_resume_before_any_checkpoint_says_so_and_stale_temp_files_are_removed(apy, tmp_path):
     cfg = tiny_config(apy, tmp_path, gen_nepoch=10, eval_start=29, evl_interval=30, eval_zsl=False)
     run_dir = tmp_path / train.run(cfg)["run_dir"]
-    (run_dir / "last.pt").rename(run_dir / ".last.pt.tmp123")  # as if killed mid-write of the first one
+    (run_dir / "summary.json").unlink()  # unfinished ...
+    (run_dir / "last.pt").rename(run_dir / ".last.pt.tmp123")  # ... as if killed mid-write of the first checkpoint
     with pytest.raises(util.DataError, match="last.pt: no checkpoint yet"):
         train.resume(cfg, [f"--resume={run_dir}"])
     (run_dir / ".last.pt.tmp123").rename(run_dir / "last.pt")
