@@ -29,7 +29,7 @@ LIBRARY = {
     "mining": set(),
     "evaluate": {"config", "util", "models", "fast", "runs", "fileio"},
     "train": {"config", "cli", "util", "models", "fast", "runs", "evaluate", "report", "synthetic", "fileio",
-              "mining"},
+              "mining", "provenance"},
 }
 # entry points: may import any library module; no module imports them
 SCRIPT_PATTERNS = ("train_*.py", "plot.py", "tune.py", "reproduce.py", "bench/*.py", "data/*.py")
