@@ -94,7 +94,9 @@ def test_study_on_validation_never_reads_the_test_split_then_reports(tmp_path, m
     for t in done:
         run_dir = Path(t.user_attrs["run_dir"])
         assert json.loads((run_dir / "config.json").read_text())["validation"] is True
-        assert sorted(t.intermediate_values) == [20, 40]  # one report per evaluation
+        # one report per evaluation: the plan of a run on the 400 trainval rows (20, 40, 60 of 60 iterations)
+        # at the same fractions of the validation run's 40 iterations
+        assert sorted(t.intermediate_values) == [13, 27, 40]
         assert t.value == pytest.approx(best_h_over_evaluations_and_epochs(run_dir))
     assert len(re.findall(r"^trial +\d+ complete +H", capsys.readouterr().out, re.M)) == 3
 
@@ -131,7 +133,7 @@ def test_pruned_trials_stop_early_keep_their_run_dir_and_count(tmp_path, monkeyp
     assert [t.state for t in done] == [optuna.trial.TrialState.PRUNED] * 2
     for t in done:
         run_dir = Path(t.user_attrs["run_dir"])
-        assert list(t.intermediate_values) == [20] and t.value == t.intermediate_values[20]
+        assert list(t.intermediate_values) == [13] and t.value == t.intermediate_values[13]
         assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1  # stopped at its first evaluation
         assert not (run_dir / "summary.json").exists()
         assert "pruned by Optuna" in (run_dir / "log.txt").read_text()
@@ -146,7 +148,8 @@ def test_pruned_trials_stop_early_keep_their_run_dir_and_count(tmp_path, monkeyp
     (["--nosuch=1"], "unknown option --nosuch"),
     (["--weight_decay=0"], "option --weight_decay: tune.py searches around the script's value"),
     (["--report", "--study=missing"], "option --study: no study 'missing'"),
-    (["--eval_start=1000"], "option --eval_start=1000: on the validation split a run trains 40 iterations"),
+    (["--eval_start=1000"], "option --eval_start=1000: a run on the 400 trainval rows trains 60 iterations, so no "
+                            "evaluation"),
     # values the study's first trial (the script's own) cannot take: refused before any trial
     (["--trials=1", "--prototype=0"], "option --prototype=0: outside tune.py's search range 0.3 .. 30"),
     (["--trials=1", "--num_coupling_layers=1"], "option --num_coupling_layers=1: outside tune.py's search range"),
