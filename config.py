@@ -212,6 +212,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"option --synth_chunk: must be 0 (sized to the device) or >= 32, got {cfg.synth_chunk}")
     if cfg.save_synthetic and not cfg.save_synthetic.endswith((".npz", ".mat")):
         raise ConfigError(f"option --save_synthetic: the file name must end in .npz or .mat, got {cfg.save_synthetic!r}")
+    if not cfg.out_dir.strip():
+        raise ConfigError("option --out_dir: empty (it would write into the working directory); give a folder, "
+                          "e.g. --out_dir=out")
     if cfg.validation and cfg.select == "val":
         raise ConfigError("options --validation and --select=val cannot be combined: --select=val runs the "
                           "validation split itself to choose, then the test split to report (drop --validation)")

@@ -17,6 +17,7 @@ def test_overrides_are_typed():
     ("--nSample=3.5", "option --nSample: expected an integer"),
     ("--lr=fast", "option --lr: expected a number"),
     ("--quiet=maybe", "option --quiet: expected true or false"),
+    ("--out_dir=", "option --out_dir: empty"),
     ("--synthetic=maybe", "option --synthetic: .maybe. is not one of .., quick, full"),
     ("--batchsize", "option --batchsize needs a value"),
     ("--dataset=../AWA2", "option --dataset: expected a folder name under --dataroot"),
