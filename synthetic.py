@@ -13,7 +13,7 @@ classes). They are for smoke runs, tests and timings, not for numbers.
   Runs use the script's own schedule.
 
     python synthetic.py AWA2 data_synthetic          # quick: data_synthetic/AWA2/{res101,att_splits}.mat
-    python synthetic.py AWA2 data_synthetic --full   # full size (AWA2: 37,322 images, 306 MB)
+    python synthetic.py AWA2 data_synthetic --full   # full size (AWA2: 37,322 images, 309 MB)
 
 Generation is deterministic: the same command writes the same bytes (sha256) on any machine
 with the same numpy.

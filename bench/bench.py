@@ -91,7 +91,7 @@ def skipped_variants(device) -> dict:
         skipped["tf32"] = "TF32 is CUDA only"
         if fast.slow_bf16_matmul(device):
             skipped["bf16"] = ("this CPU has no native bf16 matrix products (oneDNN bf16 unsupported): "
-                               "they would run a reference loop, about 200x slower than fp32")
+                               "they would run a reference loop, hundreds of times slower than fp32")
     return skipped
 
 

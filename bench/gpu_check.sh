@@ -8,7 +8,7 @@
 #
 #   bash bench/gpu_check.sh              # logs and the bench JSON under $OUT (default: a temp dir)
 #
-# Budget: at most 9 minutes on one GPU (each step has its own time limit below). Without a
+# Budget: at most 570 s on one GPU (each step has its own time limit below). Without a
 # CUDA GPU it stops at once with exit code 1: it never skips. On a machine without a package
 # registry, put the wheels it lacks (FrEIA, optuna, pooch, ...) in .whl/ and they are installed
 # first (`python3 -m pip download --no-deps --python-version 3.12 --only-binary=:all: -d .whl NAME==VER`).

@@ -13,7 +13,7 @@ environment: command, date, commit, CPU model and its AVX-512/AVX2/bf16 flags, w
 bf16 kernels, torch, threads, GPU. Everything goes to bench/results-precision-<device>.json (or --out).
 
 On a CPU whose oneDNN has no bf16 kernels (`fast.slow_bf16_matmul`), bf16 matrix products run in a
-reference loop about 200x slower than fp32, so a bf16 run would take hours: the bf16 variant is
+reference loop hundreds of times slower than fp32, so a bf16 run would take hours: the bf16 variant is
 skipped there, with the reason printed and recorded.
 """
 from __future__ import annotations
@@ -62,7 +62,7 @@ class PrecisionOptions:
 def skip_reason(variant: str, device: torch.device) -> str | None:
     if variant == "bf16" and fast.slow_bf16_matmul(device):
         return ("this CPU's oneDNN has no bf16 kernels (torch.ops.mkldnn._is_mkldnn_bf16_supported() is False; "
-                "no AVX512-BF16/AMX): bf16 products run in a reference loop about 200x slower than fp32, "
+                "no AVX512-BF16/AMX): bf16 products run in a reference loop hundreds of times slower than fp32, "
                 "so a run would take hours")
     if variant == "tf32" and device.type != "cuda":
         return "tf32 applies to CUDA matrix products only"
