@@ -23,7 +23,8 @@ from config import Config
 
 def slow_bf16_matmul(device: torch.device) -> bool:
     """True on a CPU whose oneDNN has no bf16 kernels (no AVX512-BF16/AMX): there torch runs
-    bf16 matrix products in a reference loop, hundreds of times slower than fp32 (bench/logs/bf16-without-onednn-cpu.log)."""
+    bf16 matrix products in a reference loop, hundreds of times slower than fp32
+    (bench/logs/bf16-without-onednn-cpu.log)."""
     return device.type == "cpu" and not (torch.backends.mkldnn.is_available()
                                          and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
