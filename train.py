@@ -266,6 +266,7 @@ def run(cfg: Config, resume_dir: Path | None = None, on_evaluation=None, protoco
     bar = runs.progress_bar(range(trainer.next_iteration, total + 1), cfg, desc="flow", unit="it",
                             initial=trainer.next_iteration, total=total + 1)
     losses = LossLog(device, cfg.disp_interval + 1)
+    evaluated_here = False  # the evaluation buffer holds this process's synthetic features only after one
     for it in bar:
         losses.add(it, *trainer.step(it))
         evaluating = it in plan
@@ -281,6 +282,7 @@ def run(cfg: Config, resume_dir: Path | None = None, on_evaluation=None, protoco
             log.print(f"iter {it}/{total}  nll {nll:.3f}  prototype {proto:.4f}  lr {trainer.lr:.2e}  "
                       f"({time.time() - t0:.0f}s)", echo=bar.disable)
         if evaluating:
+            evaluated_here = True
             t_eval = time.time()
             row = {"iteration": it, **evaluate(trainer.flow, trainer.rp), "nll": nll, "prototype_loss": proto}
             row["eval_seconds"] = round(time.time() - t_eval, 2)
@@ -297,9 +299,12 @@ def run(cfg: Config, resume_dir: Path | None = None, on_evaluation=None, protoco
     bar.close()
     if last_saved != total:
         runs.save_checkpoint(opened.dir / "last.pt", cfg, data, trainer, rows, full=True)
-    if cfg.save_synthetic and rows:
+    if cfg.save_synthetic and evaluated_here:
         save_synthetic(Path(cfg.save_synthetic), evaluate.synthetic, cfg.nSample, data)
         log.print(f"synthetic features of the evaluation at iteration {rows[-1]['iteration']}: {cfg.save_synthetic}")
+    elif cfg.save_synthetic and rows:  # resumed after its last evaluation: nothing was synthesised here
+        log.print(f"warning: --save_synthetic not written: no evaluation ran since this resume; export them with "
+                  f"--eval_only={opened.dir / 'last.pt'} --save_synthetic={cfg.save_synthetic}")
     summary = report.summarize(rows)
     if protocol.get("half") == "test":  # computed again from the files on every resume: no kill loses it
         summary.update(select_on_validation(opened.dir, protocol, rows, total))

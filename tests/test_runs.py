@@ -251,3 +251,14 @@ def test_a_batch_larger_than_the_validation_splits_rows_says_so(apy, tmp_path):
     with pytest.raises(train.ConfigError, match=r"--relation_batchsize=256: .* 256 training images of the validation"):
         train.run(tmm)
     assert not (tmp_path / "APY").exists()
+
+
+def test_a_resume_after_the_last_evaluation_exports_no_uninitialised_features(apy, tmp_path, capsys):
+    cfg = tiny_config(apy, tmp_path, gen_nepoch=10, eval_start=29, evl_interval=30, eval_zsl=False, nSample=5)
+    run_dir = Path(train.run(cfg)["run_dir"])
+    (run_dir / "summary.json").unlink()  # killed after its last checkpoint, before summary.json
+    out = tmp_path / "features.npz"
+    train.resume(cfg, [f"--resume={run_dir}", f"--save_synthetic={out}"])
+    assert not out.exists()  # the evaluation buffer of this process was never filled
+    assert f"--eval_only={run_dir / 'last.pt'} --save_synthetic={out}" in capsys.readouterr().out
+    assert (run_dir / "summary.json").is_file()
