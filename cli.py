@@ -26,7 +26,9 @@ import difflib
 import errno
 import math
 import os
+import signal
 import sys
+import threading
 import typing
 
 from benchmarks import canonical_name
@@ -277,6 +279,11 @@ MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCE
 
 def main_guard(function, *args, **kwargs):
     """Run a command's body with the exit codes of the convention above."""
+    if hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread():
+        # A SIGINT blocked by the process that started us (a mask is inherited through exec) would
+        # leave Ctrl-C pending forever instead of exit code 130; an ignored one (a shell's
+        # background job) stays ignored.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
         return function(*args, **kwargs)
     except CommandError as exc:

@@ -143,15 +143,33 @@ def test_exit_codes_usage_and_data_errors_are_2(tmp_path):
     assert out.returncode == 2 and out.stderr.startswith("error: ") and str(tmp_path) in out.stderr
 
 
-def test_ctrl_c_exits_130(tmp_path):
+def signal_state(pid: int) -> str:
+    """The process's blocked, ignored and caught signal masks (for a failure's message)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return "(no /proc status)"
+    return " ".join(l.replace("\t", "") for l in lines if l.startswith(("SigBlk", "SigIgn", "SigCgt")))
+
+
+@pytest.mark.parametrize("blocked", [False, True])
+def test_ctrl_c_exits_130(tmp_path, blocked):
+    """Also when started with SIGINT blocked (a mask is inherited through exec): cli.main_guard unblocks it."""
+    block = (lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})) if blocked else None
     proc = subprocess.Popen([sys.executable, "train_AWA2.py", "--synthetic", f"--out_dir={tmp_path}", "--quiet"],
-                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=block)
     deadline = time.time() + 90
     for line in proc.stdout:  # wait until it trains
         if line.startswith("training:") or time.time() > deadline:
             break
+    state = signal_state(proc.pid)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"SIGINT did not stop the run; its signal masks: {state}") from None
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "interrupted"
 
