@@ -155,10 +155,13 @@ def signal_state(pid: int) -> str:
 @pytest.mark.parametrize("blocked", [False, True])
 def test_ctrl_c_exits_130(tmp_path, blocked):
     """Also when started with SIGINT blocked (a mask is inherited through exec): cli.main_guard unblocks it."""
-    block = (lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})) if blocked else None
+    def child_signals():  # SIGINT's default, whatever this process has (GNU time's children run with it ignored)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     proc = subprocess.Popen([sys.executable, "train_AWA2.py", "--synthetic", f"--out_dir={tmp_path}", "--quiet"],
                             cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=block)
+                            preexec_fn=child_signals)
     deadline = time.time() + 90
     for line in proc.stdout:  # wait until it trains
         if line.startswith("training:") or time.time() > deadline:
