@@ -143,3 +143,17 @@ def test_tune_preflight_accepts_awa2_at_its_real_size(full_roots, tmp_path):
 def test_validation_with_select_val_is_refused():
     with pytest.raises(ConfigError, match="--validation and --select=val cannot be combined"):
         parse_overrides(script("FLO"), ["--validation", "--select=val"])
+
+
+def test_reproduce_with_synthetic_full_shares_one_full_size_standin(tmp_path, monkeypatch):
+    import reproduce
+    real = synthetic.generate_full
+    monkeypatch.setattr(synthetic, "generate_full", lambda folder, name, seed=0: real(folder, name, seed, feature_dim=8))
+    datasets, opts, overrides = reproduce.parse_command(["FLO", "--synthetic=full", f"--out_dir={tmp_path}",
+                                                         "--seeds=6152,1"])
+    cells, table_dir, _ = reproduce.make_plan(datasets, opts, overrides)
+    assert table_dir.name.endswith("-synthetic-full") and all(c.cfg.nSample == script("FLO").nSample for c in cells)
+    reproduce.share_synthetic_data(cells)
+    for cell in cells:  # each cell's run reads <its out_dir>/synthetic_full/FLO: the one shared copy
+        data = train.prepare_data(cell.cfg)
+        assert (cell.dir / "synthetic_full").is_symlink() and len(data.train_label) == BENCHMARKS["FLO"].trainval
