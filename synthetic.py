@@ -110,6 +110,20 @@ def write_epgn(folder: Path, train_fea, test_seen_fea, test_unseen_fea, seen_pro
                                        "train_label_new": col(train_idx)})
 
 
+def write_with_validation_classes(folder: Path, rng: np.random.Generator, features: np.ndarray, labels: np.ndarray,
+                                  seen: np.ndarray, locs: dict, atts: dict, n_val: int) -> None:
+    """The xlsa17 files, with `n_val` seen classes drawn as xlsa17's validation classes: their trainval
+    images are val_loc, the other trainval images train_loc."""
+    names = np.empty((atts[next(iter(atts))].shape[1], 1), dtype=object)
+    names[:, 0] = [f"{i:03d}.class_{i}" for i in range(1, names.shape[0] + 1)]
+    val_classes = rng.choice(seen, n_val, replace=False)
+    tv = locs["trainval_loc"]
+    in_val = np.isin(labels[tv - 1], val_classes)
+    splits = {stem: {"att": att, "original_att": att * 100, "allclasses_names": names, **locs,
+                     "train_loc": tv[~in_val], "val_loc": tv[in_val]} for stem, att in atts.items()}
+    write_xlsa17(folder, features, labels, splits)
+
+
 def generate(folder: Path, dataset: str, seed: int = 0, per_seen: tuple[int, int] = (24, 6),
              per_unseen: int = 20, feature_dim: int = 2048, noise: float = 12.0, layout: str = "xlsa17") -> Path:
     """Write a benchmark-shaped synthetic `dataset` into `folder` (the dataset folder itself)."""
@@ -128,15 +142,8 @@ def generate(folder: Path, dataset: str, seed: int = 0, per_seen: tuple[int, int
                    np.searchsorted(seen, y["trainval_loc"]) + 1, np.searchsorted(seen, y["test_seen_loc"]) + 1,
                    np.searchsorted(unseen, y["test_unseen_loc"]) + 1)
         return folder
-    names = np.empty((n_classes, 1), dtype=object)
-    names[:, 0] = [f"{i:03d}.class_{i}" for i in range(1, n_classes + 1)]
     # xlsa17's train/val split of the seen classes (val = a fifth of them), for completeness
-    val_classes = rng.choice(seen, max(1, seen.size // 5), replace=False)
-    tv = locs["trainval_loc"]
-    in_val = np.isin(labels[tv - 1], val_classes)
-    splits = {stem: {"att": att, "original_att": att * 100, "allclasses_names": names, **locs,
-                     "train_loc": tv[~in_val], "val_loc": tv[in_val]} for stem, att in atts.items()}
-    write_xlsa17(folder, features, labels, splits)
+    write_with_validation_classes(folder, rng, features, labels, seen, locs, atts, max(1, seen.size // 5))
     return folder
 
 
@@ -202,14 +209,7 @@ def generate_full(folder: Path, dataset: str, seed: int = 0, feature_dim: int | 
     atts = {stem: make_semantics(rng, spec.classes, dim) for stem, dim in spec.semantic_dims.items()}
     first = next(iter(atts.values()))
     features = make_full_features(rng, first, labels - 1, feature_dim or spec.feature_dim, hard)
-    names = np.empty((spec.classes, 1), dtype=object)
-    names[:, 0] = [f"{i:03d}.class_{i}" for i in range(1, spec.classes + 1)]
-    val_classes = rng.choice(seen, spec.validation_classes, replace=False)  # xlsa17's validation classes
-    tv = locs["trainval_loc"]
-    in_val = np.isin(labels[tv - 1], val_classes)
-    splits = {stem: {"att": att, "original_att": att * 100, "allclasses_names": names, **locs,
-                     "train_loc": tv[~in_val], "val_loc": tv[in_val]} for stem, att in atts.items()}
-    write_xlsa17(folder, features, labels, splits)
+    write_with_validation_classes(folder, rng, features, labels, seen, locs, atts, spec.validation_classes)
     return folder
 
 

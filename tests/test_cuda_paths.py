@@ -20,7 +20,7 @@ from conftest import TEST_DEVICE
 from test_end_to_end import tiny_config
 from models import ConditionalFlow, RelativePositioning
 from test_speed_paths import tiny_data
-from test_trust import apy  # noqa: F401 (the module's APY stand-in fixture)
+from test_trust import apy, poison_flow_after  # noqa: F401 (apy: the module's APY stand-in fixture)
 
 CUDA = torch.device("cuda")
 on_cuda = pytest.mark.skipif(not TEST_DEVICE.startswith("cuda"), reason="device test: GSMFLOW_TEST_DEVICE=cuda")
@@ -84,15 +84,7 @@ def test_deferred_reading_gives_the_same_run(apy, tmp_path, monkeypatch):
 
 
 def test_a_non_finite_loss_read_later_names_its_iteration_and_the_last_good_checkpoint(apy, tmp_path, monkeypatch):
-    real_step = train.Trainer.step
-
-    def poisoned(self, it):
-        out = real_step(self, it)
-        if it == 95:
-            with torch.no_grad():
-                next(self.flow.parameters()).fill_(float("nan"))
-        return out
-    monkeypatch.setattr(train.Trainer, "step", poisoned)
+    poison_flow_after(monkeypatch, 95)
     deferred_losses(monkeypatch)
     cfg = tiny_config(apy, tmp_path, gen_nepoch=30, eval_start=29, evl_interval=30, eval_zsl=False)  # disp 100
     with pytest.raises(runs.NonFiniteError, match=r"iteration 96: loss is not finite \(nll nan, prototype nan\); "

@@ -134,16 +134,21 @@ def test_eval_only_reevaluates_and_exports_synthetic_features(apy, tmp_path, ext
         train.main(cfg, [f"--eval_only={trained['run_dir']}/best.pt", f"--save_synthetic={export}"])
 
 
-def test_non_finite_loss_stops_with_the_iteration_and_keeps_the_last_good_checkpoint(apy, tmp_path, monkeypatch):
+def poison_flow_after(monkeypatch, iteration: int) -> None:
+    """From the step after `iteration` on, the flow's first parameter is NaN (so is its loss)."""
     real_step = train.Trainer.step
 
     def poisoned(self, it):
         out = real_step(self, it)
-        if it == 95:
+        if it == iteration:
             with torch.no_grad():
                 next(self.flow.parameters()).fill_(float("nan"))
         return out
     monkeypatch.setattr(train.Trainer, "step", poisoned)
+
+
+def test_non_finite_loss_stops_with_the_iteration_and_keeps_the_last_good_checkpoint(apy, tmp_path, monkeypatch):
+    poison_flow_after(monkeypatch, 95)
     cfg = tiny_config(apy, tmp_path, gen_nepoch=30, eval_start=29, evl_interval=30, eval_zsl=False)
     with pytest.raises(runs.NonFiniteError, match=r"iteration 96: loss is not finite .*\(iteration 90\)"):
         train.run(cfg)
