@@ -102,6 +102,9 @@ class Config:
                               "memory on CUDA (bounds memory; exact)", "speed", low=0, local=True)
     cuda_graphs: bool = opt(True, "on CUDA, replay the flow's and the classifiers' gradient passes as CUDA graphs "
                                   "(off: launched one by one; exact)", "speed", local=True)
+    host_rng_threads: int = opt(0, "on CUDA, threads that draw the CPU generator's noise, each from where the "
+                                   "one stream would be (mt19937.py); 0: up to 8, as the cores allow (exact)",
+                                "speed", low=0, local=True)
     keep_freed_memory: bool = opt(True, "glibc keeps freed blocks instead of page-faulting them back (exact)",
                                   "speed", local=True)
     bf16: bool = opt(False, "bf16 autocast for flow training, synthesis and classifiers (other numbers)", "speed")

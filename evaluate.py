@@ -18,8 +18,8 @@ import torch
 
 from config import Config
 from fileio import atomic_write
-from fast import (CUDAGraphed, HostNormals, autocast, chunk_rows, release_free_memory, softmax_gradients,
-                  split_draw, use_cuda_graphs)
+from fast import (CUDAGraphed, HostNormals, autocast, chunk_rows, host_draw_threads, release_free_memory,
+                  softmax_gradients, split_draw, use_cuda_graphs)
 from models import SoftmaxClassifier
 from runs import progress_bar
 from util import GZSLData, harmonic_mean, per_class_accuracy
@@ -30,7 +30,7 @@ from util import GZSLData, harmonic_mean, per_class_accuracy
 # that the reference does on its nSample-row batches is therefore never done on fewer rows.
 GEMM_MIN_ROWS = 16
 CPU_SYNTH_CHUNK = 2048  # rows per reverse pass on a CPU (--synth_chunk=0): its caches' size
-HOST_DRAW_ROWS = 8192   # on CUDA, each class's z is drawn on the CPU in pieces of at most this many rows
+HOST_DRAW_ROWS = 8192   # on CUDA, each class's z is drawn on the CPU in pieces of at most this many rows per thread
 
 
 def synthesis_chunk(device: torch.device, synth_chunk: int, dim: int, cond_dim: int, hidden_dim: int) -> int:
@@ -42,7 +42,8 @@ def synthesis_chunk(device: torch.device, synth_chunk: int, dim: int, cond_dim: 
 
 @torch.no_grad()
 def synthesize_unseen(flow, rp, semantics: torch.Tensor, n_per_class: int, out: torch.Tensor,
-                      chunk: int = CPU_SYNTH_CHUNK, bf16: bool = False, device_noise: bool = False) -> torch.Tensor:
+                      chunk: int = CPU_SYNTH_CHUNK, bf16: bool = False, device_noise: bool = False,
+                      threads: int = 1) -> torch.Tensor:
     """Fill `out` (U * n_per_class rows) with synthetic features; rows [i*n, (i+1)*n) are unseen class i.
 
     The numbers are the reference's: for each class in turn z = randn(n_per_class, D) on the
@@ -51,8 +52,8 @@ def synthesize_unseen(flow, rp, semantics: torch.Tensor, n_per_class: int, out: 
     condition is computed once per class instead of once per row, and the reverse pass runs
     over all classes' rows in balanced chunks of at most `chunk` rows, in place, so memory
     stays at a few chunks whatever nSample is. On CUDA the CPU draws z on a side thread while
-    the GPU runs the reverse passes of the rows drawn so far (unseen_noise). `device_noise`
-    (GPU only, not the reference's numbers) draws z on the device generator instead.
+    the GPU runs the reverse passes of the rows drawn so far (unseen_noise), on `threads` threads at
+    once. `device_noise` (GPU only, not the reference's numbers) draws z on the device generator instead.
     """
     device, n, n_classes = out.device, n_per_class, semantics.shape[0]
     with autocast(device, bf16):
@@ -62,7 +63,7 @@ def synthesize_unseen(flow, rp, semantics: torch.Tensor, n_per_class: int, out: 
     n_chunks = math.ceil(total / max(chunk, 2 * GEMM_MIN_ROWS))  # balanced: every chunk > GEMM_MIN_ROWS rows
     edges = [round(k * total / n_chunks) for k in range(n_chunks + 1)]
     chunks = list(zip(edges[:-1], edges[1:]))
-    for drawn in unseen_noise(out, n, device_noise):
+    for drawn in unseen_noise(out, n, device_noise, threads):
         while chunks and chunks[0][1] <= drawn:  # every chunk whose z is all drawn
             start, stop = chunks.pop(0)
             with autocast(device, bf16):
@@ -70,13 +71,14 @@ def synthesize_unseen(flow, rp, semantics: torch.Tensor, n_per_class: int, out: 
     return out
 
 
-def unseen_noise(out: torch.Tensor, n_per_class: int, device_noise: bool = False):
+def unseen_noise(out: torch.Tensor, n_per_class: int, device_noise: bool = False, threads: int = 1):
     """Draw z into `out`, class after class as the reference does; yield the rows drawn so far.
 
     On a CPU (and with --device_noise) z is drawn straight into `out` (row.normal_() gives the
     numbers of torch.randn(n, dim) on that generator) and all rows are yielded at once. On CUDA
-    the CPU generator's draws are made on a side thread into pinned memory (fast.HostNormals), in
-    pieces that concatenate to each class's draw (fast.split_draw), and copied without waiting.
+    the CPU generator's draws are made on a side thread into pinned memory (fast.HostNormals; each
+    piece in parts on `threads` threads at once), in pieces of HOST_DRAW_ROWS rows per thread that
+    concatenate to each class's draw (fast.split_draw), and copied without waiting.
     """
     n, dim = n_per_class, out.shape[1]
     n_classes = out.shape[0] // n
@@ -85,8 +87,8 @@ def unseen_noise(out: torch.Tensor, n_per_class: int, device_noise: bool = False
             out[i * n:(i + 1) * n].normal_()
         yield out.shape[0]
         return
-    pieces = split_draw(n, dim, HOST_DRAW_ROWS) * n_classes
-    draws = HostNormals([rows * dim for rows in pieces], pin=True)
+    pieces = split_draw(n, dim, HOST_DRAW_ROWS * threads) * n_classes
+    draws = HostNormals([rows * dim for rows in pieces], pin=True, threads=threads)
     row = 0
     for rows in pieces:
         out[row:row + rows].view(-1).copy_(draws.take(), non_blocking=True)
@@ -229,6 +231,7 @@ class Evaluator:
         self.test_unseen = as_tensor(data.test_unseen_feature), as_tensor(data.test_unseen_label)
         self.synth_chunk = synthesis_chunk(device, cfg.synth_chunk, data.feature_dim, cfg.input_dim, cfg.hidden_dim)
         self.cuda_graphs = use_cuda_graphs(cfg, device)
+        self.host_threads = host_draw_threads(cfg.host_rng_threads)
 
     def __call__(self, flow, rp) -> dict:
         cfg, data = self.cfg, self.data
@@ -239,7 +242,7 @@ class Evaluator:
         release_free_memory()  # the training step's freed blocks: room for the synthetic rows
         t0 = time.perf_counter()
         synthesize_unseen(flow, rp, self.unseen_semantics, cfg.nSample, synthetic, self.synth_chunk,
-                          cfg.bf16, cfg.device_noise)
+                          cfg.bf16, cfg.device_noise, self.host_threads)
         self.timing = {"synthesis": time.perf_counter() - t0}
         x_u, y_u = self.test_unseen
         gzsl = train_softmax(self.features, self.labels, data.n_seen + data.n_unseen,

@@ -5,13 +5,14 @@ Everything here changes how fast a run is, not what it computes, unless an optio
 off by default says otherwise (`bf16`, `tf32`, `fused_adam`: README "Speed").
 On CUDA it also takes the host off the GPU's critical path, with the same numbers: CUDA graphs
 of the gradient passes (`CUDAGraphed`), the CPU generator's draws made ahead on a side thread
-(`HostNormals`, `PrefetchedNoise`), copies that do not wait (`to_device`), chunks sized to the
-device (`chunk_rows`). The CPU path is the one it always was.
-Imports: torch and config only; nothing else of ours.
+and on several at once (`HostNormals`, `PrefetchedNoise`, mt19937.py), copies that do not wait
+(`to_device`), chunks sized to the device (`chunk_rows`). The CPU path is the one it always was.
+Imports: torch, config and mt19937 only.
 """
 from __future__ import annotations
 
 import bisect
+import os
 import queue
 import sys
 import threading
@@ -19,6 +20,7 @@ import threading
 import torch
 
 from config import Config
+from mt19937 import parallel_normal_
 
 
 def slow_bf16_matmul(device: torch.device) -> bool:
@@ -195,6 +197,15 @@ def chunk_rows(device: torch.device, bytes_per_row: int, cpu_rows: int) -> int:
 NORMAL_FILL = 16
 
 
+def host_draw_threads(requested: int) -> int:
+    """Threads that draw the CPU generator's noise on CUDA (--host_rng_threads): `requested`, or with 0
+    up to 8, leaving two cores to the training loop and the thread that feeds the GPU."""
+    if requested:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cores - 2))
+
+
 def draws_concatenate(numel: int) -> bool:
     """Whether consecutive torch.randn draws of `numel` values each, on the CPU generator, are one
     draw of their total size: the same values and the same generator state after (tested)."""
@@ -216,11 +227,13 @@ class HostNormals:
     the next draw (a 1-D view of its slot); `release()` gives that slot back once the copies out of
     it are queued: with pinned slots the thread waits for those copies before drawing into it
     again. Nothing else may draw on the CPU generator until every draw was taken: the order of
-    the draws is what keeps the reference's numbers.
+    the draws is what keeps the reference's numbers. `threads` > 1: each draw is made in parts on
+    that many threads at once (mt19937.parallel_normal_: the same numbers).
     """
 
-    def __init__(self, numels, pin: bool, slots: int = 2):
+    def __init__(self, numels, pin: bool, slots: int = 2, threads: int = 1):
         numels = list(numels)
+        self.threads = threads
         self.free: queue.Queue = queue.Queue()
         self.ready: queue.Queue = queue.Queue()
         for _ in range(min(slots, len(numels))):
@@ -234,7 +247,7 @@ class HostNormals:
                 slot, copied = self.free.get()
                 if copied is not None:
                     copied.synchronize()  # the copies out of this slot have run
-                self.ready.put((slot, slot[:n].normal_()))
+                self.ready.put((slot, parallel_normal_(slot[:n], self.threads)))
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
             self.ready.put((None, exc))
 
@@ -267,18 +280,19 @@ class PrefetchedNoise:
     It draws ahead only up to `stop(it)`: the last iteration before something else draws on the CPU
     generator (an evaluation, the end of the run), so every other draw, and the RNG state that a
     checkpoint saves there, is the reference's. `ahead`: iterations drawn for but not yet run.
+    `threads`: HostNormals', with `steps` x `threads` iterations per draw.
     """
 
-    def __init__(self, rows: int, dim: int, device: torch.device, stop, steps: int = 8):
-        self.rows, self.dim, self.device, self.stop = rows, dim, device, stop
-        self.steps = steps if draws_concatenate(rows * dim) else 1
+    def __init__(self, rows: int, dim: int, device: torch.device, stop, steps: int = 8, threads: int = 1):
+        self.rows, self.dim, self.device, self.stop, self.threads = rows, dim, device, stop, threads
+        self.steps = steps * threads if draws_concatenate(rows * dim) else 1
         self.ahead, self.draws, self.block, self.used = 0, None, None, 0
 
     def __call__(self, it: int) -> torch.Tensor:
         if self.ahead == 0:  # a new span, up to the next iteration after which others draw
             n, per = max(self.stop(it), it) - it + 1, self.rows * self.dim
             self.draws = HostNormals([min(self.steps, n - s) * per for s in range(0, n, self.steps)],
-                                     pin=self.device.type == "cuda")
+                                     pin=self.device.type == "cuda", threads=self.threads)
             self.ahead = n
         if self.block is None:
             self.block, self.used = self.draws.take().view(-1, self.rows, self.dim), 0

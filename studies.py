@@ -18,12 +18,13 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+import config
 from config import Config, ConfigError
 
 
-# Options that may differ between the workers of one study: where things are, not what is computed.
-MACHINE_LOCAL = ("dataroot", "out_dir", "device", "quiet", "disp_interval", "synth_chunk", "keep_freed_memory",
-                 "select", "cuda_graphs")
+# Options that may differ between the workers of one study: where things are and how fast, not what is
+# computed (config.MACHINE_LOCAL: the options marked local=True).
+MACHINE_LOCAL = config.MACHINE_LOCAL
 
 
 def fingerprint(cfg: Config) -> dict:

@@ -135,7 +135,8 @@ class Trainer:
         if not prefetch:
             return lambda it: torch.randn(rows, dim).to(self.device)
         stops = self.plan + [self.total]
-        return fast.PrefetchedNoise(rows, dim, self.device, lambda it: fast.next_stop(stops, it), steps)
+        return fast.PrefetchedNoise(rows, dim, self.device, lambda it: fast.next_stop(stops, it), steps,
+                                    fast.host_draw_threads(self.cfg.host_rng_threads))
 
     def _add_mined_rows(self, relation, mined: dict | None) -> None:
         """GSMFlow-TMM (docs/tmm.md), in the authors' order: train the relation network on the

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 import cli  # noqa: E402
 import evaluate  # noqa: E402
 import fast  # noqa: E402
+import mt19937  # noqa: E402
 import runs  # noqa: E402
 import train  # noqa: E402
 import train_AWA2  # noqa: E402
@@ -164,13 +165,17 @@ def stage_synth(args, device) -> dict:
         cfg = awa2_config(device, **opts)
         fast.apply_speed_options(cfg)
         chunk = evaluate.synthesis_chunk(device, cfg.synth_chunk, AWA2["dim"], cfg.input_dim, cfg.hidden_dim)
-        synth = lambda cfg=cfg, chunk=chunk: evaluate.synthesize_unseen(flow, rp, sem, n, buf, chunk, cfg.bf16,
-                                                                        cfg.device_noise)
+        threads = fast.host_draw_threads(cfg.host_rng_threads)
+        synth = lambda cfg=cfg, chunk=chunk, threads=threads: evaluate.synthesize_unseen(
+            flow, rp, sem, n, buf, chunk, cfg.bf16, cfg.device_noise, threads)
         rec = record(synth)  # also the warm-up
         runs[name] = (cfg, synth, Replay(rec.matmuls, device))
         out[name] = dict(rows=buf.shape[0], chunk=chunk, flops=rec.flops(), ops=rec.ops, time_s=[], mm=[])
-    cpu_z = torch.empty(50000, AWA2["dim"])
+    # the CPU generator's rate for one class's z: on one thread, and on CUDA's default host threads
+    cpu_z, threads = torch.empty(AWA2["dim"] * 50000), fast.host_draw_threads(0)
     randn_rate = cpu_z.numel() / min(timed(cpu_z.normal_, torch.device("cpu")) for _ in range(2))
+    threaded_rate = cpu_z.numel() / min(timed(lambda: mt19937.parallel_normal_(cpu_z, threads), torch.device("cpu"))
+                                        for _ in range(3))
     for _ in range(args.rounds):
         for name, (cfg, synth, replay) in runs.items():
             fast.apply_speed_options(cfg)
@@ -180,6 +185,7 @@ def stage_synth(args, device) -> dict:
         r.update(summarize(r["time_s"], r["mm"]))
         r["rows_per_s"] = r["rows"] / r["time"]
         r["host_randn_per_s"] = randn_rate
+        r.update(host_threads=threads, host_randn_per_s_threaded=threaded_rate)
     return out
 
 
@@ -305,8 +311,10 @@ def projection(res: dict) -> dict:
                 "synthesis": P["evaluations"] * AWA2["unseen"] * math.ceil(P["n_sample"] / sy["chunk"])
                 * sy["ops"] / (sy["rows"] / sy["chunk"]) * EAGER_OP_SECONDS,
                 "classifier": epochs * (scale_gzsl * ev["gzsl"]["ops"] + scale_zsl * ev["zsl"]["ops"]) * EAGER_OP_SECONDS}
-    cpu_noise = {"flow training": P["iterations"] * tr["host_randn_seconds"],
-                 "synthesis": syn_rows * AWA2["dim"] / sy["host_randn_per_s"], "classifier": 0.0}
+    # on CUDA both are drawn on fast.host_draw_threads(0) threads (mt19937.py); older records: one thread
+    rate = sy.get("host_randn_per_s_threaded", sy["host_randn_per_s"])
+    cpu_noise = {"flow training": P["iterations"] * tr["host_randn_seconds"] * sy["host_randn_per_s"] / rate,
+                 "synthesis": syn_rows * AWA2["dim"] / rate, "classifier": 0.0}
     host = {k: launches[k] + cpu_noise[k] for k in launches}
     gpu = {}
     for prec, host_part in (("fp32", host), ("tf32", host), ("bf16", host), ("fp32 --device_noise", launches)):

@@ -1,7 +1,7 @@
 """The CUDA paths that take the host off the GPU's critical path (fast.py) keep every number.
 
 On the CPU: which path a run takes, the loss-reading schedule, the noise drawn ahead (the same
-draws and generator states as drawn step by step), the chunk sizes. Under
+draws and generator states as drawn step by step, on one thread or in parts on several), the chunk sizes. Under
 GSMFLOW_TEST_DEVICE=cuda (bench/gpu_check.sh, bench/gpu/run_full.sh): the graph path equals the
 eager path bit for bit, for flow iterations, classifier epochs and a whole tiny run.
 """
@@ -13,6 +13,7 @@ import torch
 
 import evaluate
 import fast
+import mt19937
 import runs
 import train
 from config import Config, ConfigError, validate
@@ -119,14 +120,16 @@ def test_draws_of_other_sizes_do_not_concatenate_so_they_are_not_joined():
     assert fast.split_draw(40, 5, 16) == [40] and fast.split_draw(40, 32, 16) == [16, 16, 8]
 
 
-@pytest.mark.parametrize("n, dim, max_rows", [(40, 32, 16), (40, 5, 16), (7, 2048, 8192)])
-def test_host_normals_in_pieces_are_the_per_class_draws(n, dim, max_rows):
+@pytest.mark.parametrize("threads", [1, 3])  # 3: each draw in parts on threads (mt19937.py)
+@pytest.mark.parametrize("n, dim, max_rows", [(40, 32, 16), (40, 5, 16), (7, 2048, 8192), (700, 64, 8192)])
+def test_host_normals_in_pieces_are_the_per_class_draws(monkeypatch, n, dim, max_rows, threads):
+    monkeypatch.setattr(mt19937, "MIN_PART", 16)  # parts of any size here
     pieces = fast.split_draw(n, dim, max_rows) * 3
     torch.manual_seed(2)
     expected = torch.cat([torch.randn(n, dim) for _ in range(3)]).view(-1)
     after = torch.get_rng_state()
     torch.manual_seed(2)
-    draws = fast.HostNormals([rows * dim for rows in pieces], pin=False)
+    draws = fast.HostNormals([rows * dim for rows in pieces], pin=False, threads=threads)
     got = []
     for _ in pieces:
         got.append(draws.take().clone())
@@ -134,8 +137,10 @@ def test_host_normals_in_pieces_are_the_per_class_draws(n, dim, max_rows):
     assert torch.equal(torch.cat(got), expected) and torch.equal(torch.get_rng_state(), after)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("rows, dim", [(4, 32), (3, 5)])  # joined draws (steps of 3), and single ones
-def test_prefetched_noise_is_the_per_step_noise_and_stops_where_others_draw(rows, dim):
+def test_prefetched_noise_is_the_per_step_noise_and_stops_where_others_draw(monkeypatch, rows, dim, threads):
+    monkeypatch.setattr(mt19937, "MIN_PART", 16)
     stops = [4, 9, 10]  # an evaluation after iterations 4 and 9, the run ends at 10
     torch.manual_seed(3)
     expected, states = {}, {}
@@ -145,7 +150,9 @@ def test_prefetched_noise_is_the_per_step_noise_and_stops_where_others_draw(rows
             states[it] = torch.get_rng_state()
             torch.rand(5)  # what an evaluation draws
     torch.manual_seed(3)
-    noise = fast.PrefetchedNoise(rows, dim, torch.device("cpu"), lambda it: fast.next_stop(stops, it), steps=3)
+    noise = fast.PrefetchedNoise(rows, dim, torch.device("cpu"), lambda it: fast.next_stop(stops, it), steps=3,
+                                 threads=threads)
+    assert noise.steps == (3 * threads if fast.draws_concatenate(rows * dim) else 1)
     for it in range(11):
         assert torch.equal(noise(it), expected[it]), it
         if it in stops:
@@ -260,19 +267,40 @@ def test_graphed_classifier_epochs_equal_eager_ones_bit_for_bit():
 
 
 @on_cuda
-def test_cuda_noise_drawn_ahead_is_the_per_step_noise_and_synthesis_draws_are_the_per_class_ones():
-    stops = [4, 9]
+@pytest.mark.parametrize("threads", [1, 4])  # 4: each draw in parts on threads (mt19937.py)
+def test_cuda_noise_drawn_ahead_is_the_per_step_noise_and_synthesis_draws_are_the_per_class_ones(threads):
+    stops = [4, 9, 70]
     torch.manual_seed(3)
-    expected = [torch.randn(256, 2048) for _ in range(10)]
+    expected = [torch.randn(256, 2048) for _ in range(71)]
     torch.manual_seed(3)
-    noise = fast.PrefetchedNoise(256, 2048, CUDA, lambda it: fast.next_stop(stops, it))
-    assert all(torch.equal(noise(it).cpu(), expected[it]) for it in range(10))
+    noise = fast.PrefetchedNoise(256, 2048, CUDA, lambda it: fast.next_stop(stops, it), threads=threads)
+    assert all(torch.equal(noise(it).cpu(), expected[it]) for it in range(71))
     out = torch.empty(3 * 9000, 2048, device=CUDA)
     torch.manual_seed(4)
     per_class = torch.cat([torch.randn(9000, 2048) for _ in range(3)])
+    after = torch.get_rng_state()
     torch.manual_seed(4)
-    assert list(evaluate.unseen_noise(out, 9000)) == [8192, 9000, 17192, 18000, 26192, 27000]
-    assert torch.equal(out.cpu(), per_class)
+    drawn = list(evaluate.unseen_noise(out, 9000, threads=threads))
+    assert drawn == ([8192, 9000, 17192, 18000, 26192, 27000] if threads == 1 else [9000, 18000, 27000])
+    assert torch.equal(out.cpu(), per_class) and torch.equal(torch.get_rng_state(), after)
+
+
+@on_cuda
+@pytest.mark.parametrize("option", ["bf16", "tf32"])
+def test_the_precision_options_change_a_flow_step_on_cuda(option):
+    """The 2026-12-04 gpu_check gave the very same demo numbers in fp32, --tf32 and --bf16: check that
+    each option reaches the GPU's arithmetic (AWA2's shapes, where TF32 and bf16 round differently)."""
+    data = tiny_data(n_train=600, dim=2048)
+    kw = dict(batchsize=256, num_coupling_layers=3, hidden_dim=2048, input_dim=1024)
+    losses = {}
+    try:
+        for on in (False, True):
+            cfg = flow_config(**kw, **{option: on})
+            fast.apply_speed_options(cfg)
+            losses[on] = train_steps(cfg, data, 2)[1]
+    finally:
+        fast.apply_speed_options(Config())
+    assert not all(torch.equal(a, b) for a, b in zip(losses[False], losses[True]))
 
 
 @on_cuda

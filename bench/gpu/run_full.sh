@@ -3,6 +3,7 @@
 # limit in seconds (this table is what the script runs):
 #   tests      150  GSMFLOW_TEST_DEVICE=cuda pytest tests/test_cuda_paths.py tests/test_speed_paths.py:
 #                   the CUDA graph, noise and chunk paths against the eager ones, bit for bit
+#   host-rng    30  python -m bench.host_rng: the CPU generator's draws on 1, 2, 4, 8 threads (the host's part)
 #   awa2       330  python -m bench.full_run AWA2 --device=cuda: the full-size stand-in, fp32, one seed
 #   bench      270  python -m bench.bench --device=cuda --variants=fp32,tf32 --rounds=3: each stage's bound
 #   awa2-tf32  240  python -m bench.full_run AWA2 --device=cuda --tf32
@@ -57,6 +58,9 @@ for step in "${STEPS[@]}"; do
         tests) run tests "${LIMIT[$step]}" env GSMFLOW_TEST_DEVICE=cuda "$PY" -m pytest -q -p no:cacheprovider \
                    tests/test_cuda_paths.py tests/test_speed_paths.py
                result=$(grep -E '[0-9]+ (passed|failed)' "$OUT/tests.log" | tail -1) ;;
+        host-rng) run host-rng "${LIMIT[$step]}" "$PY" -m bench.host_rng --out="$OUT/results-host-rng.json"
+               result=$(grep -E '^ +[0-9]+ +[0-9]+ ' "$OUT/host-rng.log" | awk '{print $1 " threads " $5 " M/s"}' |
+                        paste -sd';' -) ;;
         awa2|flo|apy|cub)
                run "$step" "${LIMIT[$step]}" "${FULL_RUN[@]}" "${step^^}"
                result=$(grep -E '^[A-Z0-9]+ on .* end to end' "$OUT/$step.log" | tail -1) ;;
