@@ -184,7 +184,8 @@ def _draw_parts(out: torch.Tensor, generator: torch.Generator, pieces: list[tupl
         out[start:start + size].normal_(generator=g)
         return g
 
-    futures = [_workers(len(pieces)).submit(draw, *p) for p in pieces]
+    pool = _workers(len(pieces))
+    futures = [pool.submit(draw, *p) for p in pieces]
     last = [f.result() for f in futures][-1]
     generator.set_state(last.get_state())  # where one draw of the whole would have left it
 

@@ -1,4 +1,5 @@
-"""Which data files a run read: the size and sha256 of each, so a number says what produced it.
+"""What produced a number: the data files a run read (the size and sha256 of each), the code's
+commit and the CPU's model.
 
 `data/prepare.py` writes a `SHA256SUMS` next to the files it places. Its hash lines are
 `sha256sum -c` format; `# size BYTES NAME` comment lines (which `sha256sum -c` skips) record
@@ -9,9 +10,36 @@ This module imports nothing of the project's, so any script can use it.
 from __future__ import annotations
 
 import hashlib
+import platform
+import subprocess
 from pathlib import Path
 
 SUMS_NAME = "SHA256SUMS"
+ROOT = Path(__file__).resolve().parent
+
+
+def git_commit() -> str:
+    """HEAD's commit (12 hex digits) of this checkout, with " (with uncommitted changes)" when a tracked
+    Python file differs from it; "unknown" outside a git checkout."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    head = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    dirty = head != "unknown" and git("status", "--porcelain", "--untracked-files=no", "--", "*.py")
+    return head + (" (with uncommitted changes)" if dirty else "")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo; elsewhere platform.processor())."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def sha256_of(path: Path) -> str:

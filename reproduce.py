@@ -37,11 +37,9 @@ import importlib
 import json
 import multiprocessing
 import os
-import platform
 import select
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -54,6 +52,7 @@ from unittest import mock
 import cli
 import config
 from fileio import atomic_text, atomic_write
+from provenance import cpu_model, git_commit
 import train
 import util
 from cli import ConfigError, opt
@@ -478,16 +477,6 @@ def describe_device(device, torch) -> str:
     return f"cpu ({cpu_model()}, {threads} thread{'s' if threads > 1 else ''})"
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def _atomic_json(path: Path, obj) -> None:
     atomic_text(path, json.dumps(obj, indent=2) + "\n")
 
@@ -714,17 +703,6 @@ def fmt_stat(stat, n: int) -> str:
     if not stat:
         return "–"
     return f"{stat[0]:.2f} ± {stat[1]:.2f}" if n > 1 else f"{stat[0]:.2f}"  # no std from one seed
-
-
-def git_commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (head or "unknown") + (" (with uncommitted changes)" if dirty else "")
 
 
 def commit_line(cells: list[Cell], results: dict) -> str:

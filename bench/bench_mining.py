@@ -24,9 +24,7 @@ if __name__ == "__main__" and not __package__:  # run by path: the project's imp
 
 import datetime
 import json
-import platform
 import resource
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +36,10 @@ import cli
 import mining
 import train_AWA2
 import util
-from bench.environment import git_commit
 from benchmarks import BENCHMARKS
 from cli import opt
 from models import RelationNet
+from provenance import cpu_model, git_commit
 
 # AWA2's shapes (benchmarks.py) and the TMM block of train_AWA2.py (the authors' AWA2 settings)
 _B, _T = BENCHMARKS["AWA2"], train_AWA2.TMM
@@ -70,14 +68,6 @@ def peak_bytes(device) -> int:
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name"))
-    except Exception:
-        return platform.processor()
 
 
 def main(argv: list[str] | None = None):

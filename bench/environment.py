@@ -16,21 +16,15 @@ from pathlib import Path
 import torch
 
 import fast
+from provenance import cpu_model, git_commit
 
-ROOT = Path(__file__).resolve().parents[1]
 ISA_FLAGS = ("avx512f", "avx2", "avx512_bf16", "amx_bf16")
 
 
 def cpu_facts() -> dict:
-    """CPU model (lscpu), its instruction-set flags that decide the precision paths, and whether
+    """CPU model (provenance.cpu_model), its instruction-set flags that decide the precision paths, and whether
     oneDNN has bf16 kernels here (fast.slow_bf16_matmul)."""
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    flags = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
@@ -38,19 +32,8 @@ def cpu_facts() -> dict:
                 break
     except OSError:
         pass
-    return dict(cpu_model=model, cpu_count=os.cpu_count(), **{f: f in flags for f in ISA_FLAGS},
+    return dict(cpu_model=cpu_model(), cpu_count=os.cpu_count(), **{f: f in flags for f in ISA_FLAGS},
                 onednn_bf16_kernels=not fast.slow_bf16_matmul(torch.device("cpu")))
-
-
-def git_commit() -> str:
-    """`git rev-parse --short HEAD`, marked when a tracked Python file differs from it."""
-    def git(*a):
-        try:
-            return subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-        except OSError:
-            return ""
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    return commit + ("+uncommitted changes" if git("status", "--porcelain", "--untracked-files=no", "--", "*.py") else "")
 
 
 def gpu_driver() -> str | None:
