@@ -21,6 +21,7 @@
 # table and every step's log go to $OUT (default: a temp dir); run directories and the generated
 # stand-ins (gigabytes) to $WORK (default /tmp/gsmflow-full), where later steps and commands on
 # the same machine reuse them, and a killed reproduce continues from its cells' checkpoints.
+# PACK_LOGS=1 packs the logs into $OUT/logs.tar.gz at the end (for a transfer that takes few files).
 # Without CUDA it stops at once with exit code 1; an unknown step is exit code 2.
 set -uo pipefail
 declare -A LIMIT
@@ -83,6 +84,9 @@ done
 
 echo
 print_rows "${ROWS[@]}"
+if [ "${PACK_LOGS:-0}" = 1 ] && compgen -G "$OUT/*.log" >/dev/null; then
+    (cd "$OUT" && tar czf logs.tar.gz ./*.log && rm -f ./*.log)
+fi
 echo "written to $OUT:"
 ls -1 "$OUT" | sed "s|^|  $OUT/|"
 exit $FAILED
