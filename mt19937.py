@@ -27,6 +27,7 @@ Imports: numpy and torch only.
 from __future__ import annotations
 
 import functools
+import os
 import struct
 import sys
 import threading
@@ -165,6 +166,14 @@ def parts(numel: int, threads: int, min_part: int | None = None) -> list[tuple[i
 
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
+
+
+def _forget_pool() -> None:
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()  # a forked child has none of its parent's threads
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _workers(threads: int) -> ThreadPoolExecutor:

@@ -114,3 +114,17 @@ def test_the_host_rng_bench_checks_and_records_each_thread_count(tmp_path, capsy
     with pytest.raises(SystemExit) as bad:
         __import__("cli").main_guard(host_rng.main, ["--threads=2,x"])
     assert bad.value.code == 2 and "option --threads" in capsys.readouterr().err
+
+
+def test_a_forked_child_draws_in_parts_on_threads_of_its_own():
+    import os
+    mt19937.parallel_normal_(torch.empty(4096), 2, torch.Generator(), min_part=16)  # the parent's pool exists
+    pid = os.fork()
+    if pid == 0:  # the child: its pool must be new, else its draws wait forever on the parent's threads
+        __import__("signal").alarm(30)  # so a regression fails instead of hanging
+        g = torch.Generator().manual_seed(1)
+        expected = torch.empty(4096).normal_(generator=g)
+        g.manual_seed(1)
+        os._exit(0 if torch.equal(mt19937.parallel_normal_(torch.empty(4096), 2, g, min_part=16), expected) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
