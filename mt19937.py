@@ -137,7 +137,8 @@ def advance(state: torch.Tensor, words: int) -> torch.Tensor:
     raw = bytearray(state.numpy().tobytes())
     (left,) = struct.unpack_from("<i", raw, LEFT_AT)
     block = np.frombuffer(bytes(raw), "<u8", N, BLOCK_AT).astype(np.uint32)
-    blocks, used = divmod(N - left + 1 + words - 1, N)  # whole blocks on; used: 1..624 of the last
+    used = N + 1 - left  # words of the block already used: 1..624 (624: the next word regenerates it)
+    blocks, used = divmod(used + words - 1, N)  # blocks on, and words used of that block: 1..624 again
     used += 1
     if blocks:  # block -> its successor (a step taken: reachable), then N * (blocks - 1) words on
         following = stream(block, N)[N:]
