@@ -20,7 +20,7 @@ import threading
 import torch
 
 from config import Config
-from mt19937 import parallel_normal_
+from mt19937 import NORMAL_FILL, parallel_normal_
 
 
 def slow_bf16_matmul(device: torch.device) -> bool:
@@ -192,9 +192,8 @@ def chunk_rows(device: torch.device, bytes_per_row: int, cpu_rows: int) -> int:
     return max(cpu_rows, int(min(CHUNK_BYTES, CHUNK_SHARE * free)) // bytes_per_row)
 
 
-# torch's CPU normal_ turns uniforms into normals 16 at a time, and a draw whose size is no multiple
-# of 16 redraws its last 16 values: so draws of multiples of 16 values concatenate.
-NORMAL_FILL = 16
+# torch's CPU normal_ turns uniforms into normals NORMAL_FILL (16) at a time, and a draw whose size
+# is no multiple of 16 redraws its last 16 values: so draws of multiples of 16 values concatenate.
 
 
 def host_draw_threads(requested: int) -> int:
