@@ -2,6 +2,7 @@
 
     python -m bench.host_rng                         # 1, 2, 4, 8 threads (as many as the cores allow)
     python -m bench.host_rng --threads=1,4,8,12 --out=bench/gpu/results-host-rng-h100.json
+    python -m bench.host_rng --awa2_check      # also the CUDA path's draws at AWA2's real sizes, checked
 
 On CUDA a faithful run draws all its noise on the CPU generator: AWA2's z, 10 classes x 50,000 x
 2048 values at each of its 31 evaluations, and 256 x 2048 values per flow iteration. This times
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 import cli
+import evaluate
 import fast
 import mt19937
 from bench.environment import describe, environment
@@ -39,6 +41,10 @@ class HostRngOptions:
     rows: int = cli.opt(50_000, "rows of 2048 values per draw (AWA2's z of one class)", low=1)
     repeats: int = cli.opt(3, "timed draws per thread count (the best is kept)", low=1)
     out: str = cli.opt("", "write the results as JSON here (default: print only)", path=True)
+    awa2_check: bool = cli.opt(False, "also draw one AWA2 evaluation's z (10 x 50,000 x 2048 values, 8 GB with "
+                                      "its reference) and one 500-iteration span of flow noise as the CUDA path "
+                                      "does (fast.HostNormals / PrefetchedNoise, unpinned) and compare them with "
+                                      "the per-class and per-step torch.randn")
 
 
 def timed(fn) -> float:
@@ -58,6 +64,37 @@ def thread_counts(spec: str) -> list[int]:
         return counts
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return [t for t in (1, 2, 4, 8) if t <= max(cores, 1)]
+
+
+def awa2_check(threads: int) -> dict:
+    """The CUDA path's draws at AWA2's real sizes, on this CPU, against the reference's draws."""
+    n, dim, classes = 50_000, 2048, 10
+    torch.manual_seed(6152)
+    reference = torch.cat([torch.randn(n, dim).view(-1) for _ in range(classes)])
+    after = torch.get_rng_state()
+    torch.manual_seed(6152)
+    pieces = fast.split_draw(n, dim, evaluate.HOST_DRAW_ROWS * threads) * classes
+    draws, same, start = fast.HostNormals([rows * dim for rows in pieces], pin=False, threads=threads), True, 0
+    for rows in pieces:
+        same &= torch.equal(draws.take(), reference[start:start + rows * dim])
+        draws.release()
+        start += rows * dim
+    z = dict(values=reference.numel(), pieces=sorted(set(pieces)), same_values=bool(same),
+             same_state=torch.equal(torch.get_rng_state(), after))
+    del reference
+    torch.manual_seed(7)
+    expected = [torch.randn(256, dim) for _ in range(500)]
+    after = torch.get_rng_state()
+    torch.manual_seed(7)
+    noise = fast.PrefetchedNoise(256, dim, torch.device("cpu"), lambda it: 499, threads=threads)
+    flow = dict(iterations=500, per_draw=noise.steps, same_values=all(torch.equal(noise(it), expected[it])
+                                                                       for it in range(500)))
+    flow["same_state"] = torch.equal(torch.get_rng_state(), after)
+    print(f"AWA2 check on {threads} threads: one evaluation's z ({z['values']:,} values, pieces of {z['pieces']} "
+          f"rows) same values {z['same_values']}, same generator state {z['same_state']}; one 500-iteration span "
+          f"of flow noise ({flow['per_draw']} iterations per draw) same values {flow['same_values']}, same "
+          f"generator state {flow['same_state']}")
+    return dict(threads=threads, z=z, flow_noise=flow)
 
 
 def main(argv: list[str]) -> dict:
@@ -100,10 +137,13 @@ def main(argv: list[str]) -> dict:
     result = dict(environment=env, values=n, rows=rows, self_check_passed=works, self_check_seconds=setup,
                   jump_seconds_first=jump_first, jump_seconds_cached=jump_cached,
                   default_threads_on_cuda=fast.host_draw_threads(0))
+    checked = awa2_check(max(counts)) if opts.awa2_check else None
+    result["awa2_check"] = checked
     if opts.out:
         Path(opts.out).write_text(json.dumps(result, indent=1) + "\n")
         print(f"written: {opts.out}")
-    if not works or not all(r["same_as_one_thread"] for r in rows):
+    if not works or not all(r["same_as_one_thread"] for r in rows) or (
+            checked and not all(checked[k][f] for k in ("z", "flow_noise") for f in ("same_values", "same_state"))):
         raise SystemExit(1)
     return result
 

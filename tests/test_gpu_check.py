@@ -43,3 +43,11 @@ def test_run_full_lists_its_steps_with_their_limits_and_refuses_unknown_ones():
         assert f"  {step} " in helped.stdout and f" {limit} " in helped.stdout, step
     refused = subprocess.run(["bash", RUN_FULL, "awa2", "nope"], capture_output=True, text=True, timeout=30)
     assert refused.returncode == 2 and refused.stderr.startswith("error: unknown step nope")
+
+
+def test_the_wheels_script_answers_help_and_refuses_unknown_options():
+    script = str(ROOT / "bench" / "gpu" / "wheels.sh")
+    helped = subprocess.run(["bash", script, "--help"], capture_output=True, text=True, timeout=30)
+    assert helped.returncode == 0 and "FrEIA" in helped.stdout and "set -euo" not in helped.stdout
+    refused = subprocess.run(["bash", script, "--nope"], capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 2 and refused.stderr.startswith("error: unknown option --nope")

@@ -7,10 +7,15 @@
 #
 # The list is what requirements.txt adds to an image that already holds torch, numpy, scipy,
 # scikit-learn, tqdm, matplotlib, pytest, PyYAML, requests, packaging, MarkupSafe, cloudpickle and
-# typing-extensions (the device image of bench/README.md), for CPython 3.12 on x86-64 Linux:
+# typing-extensions (as the lent H100/H200 machines' image does), for CPython 3.12 on x86-64 Linux:
 # FrEIA (an sdist on PyPI: built here into a pure-Python wheel), pooch, optuna and submitit, with the
 # dependencies the image lacks.
 set -euo pipefail
+case "${1:-}" in
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+    "") ;;
+    *) echo "error: unknown option $1 (bash bench/gpu/wheels.sh takes none; see --help)" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
 mkdir -p .whl
