@@ -10,20 +10,16 @@
 #
 # Budget: at most 570 s on one GPU (each step has its own time limit below). Without a
 # CUDA GPU it stops at once with exit code 1: it never skips. On a machine without a package
-# registry, put the wheels it lacks (FrEIA, optuna, pooch, ...) in .whl/ and they are installed
-# first (`python3 -m pip download --no-deps --python-version 3.12 --only-binary=:all: -d .whl NAME==VER`).
+# registry, put the wheels it lacks in .whl/ (`bash bench/gpu/wheels.sh`, where pip reaches a
+# registry) and they are installed first.
 set -uo pipefail
-case "${1:-}" in
-    -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
-    "") ;;
-    *) echo "error: unknown option $1 (bash bench/gpu_check.sh takes none; see --help)" >&2; exit 2 ;;
-esac
+source "$(dirname "$0")/gpu/lib.sh"
+no_arguments "$0" bench/gpu_check.sh "$@"
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-$(mktemp -d)}
 TAG=gpu_check
 mkdir -p "$OUT"
-source bench/gpu/lib.sh
 require_cuda
 
 declare -a ROWS

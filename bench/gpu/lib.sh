@@ -1,5 +1,16 @@
-# Shared by bench/gpu_check.sh and bench/gpu/run_full.sh (sourced from the repository root, with
-# PY, OUT and TAG set): the CUDA check, the wheels of .whl/, and timed steps with their logs.
+# Shared by bench/gpu_check.sh, bench/gpu/run_full.sh and bench/gpu/wheels.sh: the scripts' --help,
+# the CUDA check, the wheels of .whl/, and timed steps with their logs (these three with PY, OUT and
+# TAG set, from the repository root).
+
+# no_arguments SCRIPT NAME [ARG]: --help prints SCRIPT's header comment (up to its `set -` line) and
+# exits; any other argument is refused with exit code 2. For the scripts that take no arguments.
+no_arguments() {
+    case "${3:-}" in
+        -h|--help) sed -n '2,/^set -/p' "$1" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+        "") ;;
+        *) echo "error: unknown option $3 (bash $2 takes none; see --help)" >&2; exit 2 ;;
+    esac
+}
 
 # require_cuda: exit 1 at once without CUDA (a GPU check that skipped would read as passed);
 # install the wheels in .whl/ (for a machine without a package registry); name the GPU.

@@ -11,11 +11,8 @@
 # FrEIA (an sdist on PyPI: built here into a pure-Python wheel), pooch, optuna and submitit, with the
 # dependencies the image lacks.
 set -euo pipefail
-case "${1:-}" in
-    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
-    "") ;;
-    *) echo "error: unknown option $1 (bash bench/gpu/wheels.sh takes none; see --help)" >&2; exit 2 ;;
-esac
+source "$(dirname "$0")/lib.sh"
+no_arguments "$0" bench/gpu/wheels.sh "$@"
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
 mkdir -p .whl
