@@ -174,8 +174,8 @@ def stage_synth(args, device) -> dict:
     # the CPU generator's rate for one class's z: on one thread, and on CUDA's default host threads
     cpu_z, threads = torch.empty(AWA2["dim"] * 50000), fast.host_draw_threads(0)
     randn_rate = cpu_z.numel() / min(timed(cpu_z.normal_, torch.device("cpu")) for _ in range(2))
-    threaded_rate = cpu_z.numel() / min(timed(lambda: mt19937.parallel_normal_(cpu_z, threads), torch.device("cpu"))
-                                        for _ in range(3))
+    threaded_rate = randn_rate if threads == 1 else cpu_z.numel() / min(
+        timed(lambda: mt19937.parallel_normal_(cpu_z, threads), torch.device("cpu")) for _ in range(3))
     for _ in range(args.rounds):
         for name, (cfg, synth, replay) in runs.items():
             fast.apply_speed_options(cfg)
